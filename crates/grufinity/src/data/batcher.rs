@@ -1,0 +1,151 @@
+//! The TBPTT stream batcher.
+//!
+//! The training tokens are cut into `B` contiguous regions, one per batch row (a *stream*).
+//! Step `s` of an epoch gives row `i` the `T` tokens that follow the ones it got at step `s - 1`
+//! (and their `T` next-token targets), so the hidden state carried from step to step is the
+//! state of exactly the preceding text. When the regions are used up, a new epoch starts: every
+//! stream restarts (its state must be reset) and the regions shift by a random offset in
+//! `[0, T)` drawn from the seed, so chunk boundaries differ from epoch to epoch.
+//!
+//! Coverage: one epoch reads every training token once as a target except fewer than
+//! `(B + 1) * T` at the start and at region ends.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Where a batcher is: everything needed to continue at the exact next token.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    pub epoch: u64,
+    /// Steps already taken in this epoch.
+    pub step: u64,
+}
+
+/// One training step's data.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// `[B * T]` row-major input tokens.
+    pub inputs: Vec<u32>,
+    /// `[B * T]` row-major targets (the inputs shifted by one).
+    pub targets: Vec<u32>,
+    /// True when every stream starts a new region here (reset the carried state).
+    pub restart: bool,
+    /// The epoch this batch belongs to.
+    pub epoch: u64,
+}
+
+/// Layout of one epoch: region start positions and steps per region.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochLayout {
+    pub starts: Vec<usize>,
+    pub steps: u64,
+}
+
+/// Streams `batch` rows of `chunk` tokens over `n_tokens` training tokens.
+#[derive(Clone, Debug)]
+pub struct StreamBatcher {
+    n_tokens: usize,
+    batch: usize,
+    chunk: usize,
+    seed: u64,
+    cursor: Cursor,
+}
+
+impl StreamBatcher {
+    /// Fails when the training tokens cannot give every row at least one chunk.
+    pub fn new(n_tokens: usize, batch: usize, chunk: usize, seed: u64) -> Result<Self> {
+        if batch == 0 {
+            return Err(Error::config("batch_size", "must be at least 1"));
+        }
+        if chunk == 0 {
+            return Err(Error::config("chunk_len", "must be at least 1"));
+        }
+        // Worst-case offset is chunk - 1; each region then needs chunk + 1 tokens.
+        let needed = batch * (chunk + 1) + chunk;
+        if n_tokens < needed {
+            return Err(Error::Data(format!(
+                "the training split has {n_tokens} tokens but batch_size x chunk_len needs at least {needed}; \
+                 use a larger corpus or lower --batch-size / --chunk-len"
+            )));
+        }
+        Ok(Self { n_tokens, batch, chunk, seed, cursor: Cursor::default() })
+    }
+
+    /// The current position.
+    pub fn cursor(&self) -> Cursor {
+        self.cursor
+    }
+
+    /// Jumps to `cursor` (for resuming).
+    pub fn set_cursor(&mut self, cursor: Cursor) {
+        self.cursor = cursor;
+    }
+
+    /// Region starts and steps of `epoch`.
+    pub fn layout(&self, epoch: u64) -> EpochLayout {
+        let offset = (splitmix(self.seed ^ splitmix(epoch.wrapping_add(1))) % self.chunk as u64) as usize;
+        // Each region needs one extra token: the last target.
+        let region = (self.n_tokens - offset - 1) / self.batch;
+        let steps = (region / self.chunk) as u64;
+        let starts = (0..self.batch).map(|i| offset + i * region).collect();
+        EpochLayout { starts, steps }
+    }
+
+    /// Steps in one epoch (the same for every epoch up to one step).
+    pub fn steps_per_epoch(&self) -> u64 {
+        self.layout(0).steps
+    }
+
+    /// The next batch; advances the cursor.
+    pub fn next_batch(&mut self, tokens: &[u32]) -> Batch {
+        let mut layout = self.layout(self.cursor.epoch);
+        if self.cursor.step >= layout.steps {
+            self.cursor = Cursor { epoch: self.cursor.epoch + 1, step: 0 };
+            layout = self.layout(self.cursor.epoch);
+        }
+        let t = self.chunk;
+        let mut inputs = Vec::with_capacity(self.batch * t);
+        let mut targets = Vec::with_capacity(self.batch * t);
+        for &start in &layout.starts {
+            let p = start + self.cursor.step as usize * t;
+            inputs.extend_from_slice(&tokens[p..p + t]);
+            targets.extend_from_slice(&tokens[p + 1..p + t + 1]);
+        }
+        let batch = Batch { inputs, targets, restart: self.cursor.step == 0, epoch: self.cursor.epoch };
+        self.cursor.step += 1;
+        batch
+    }
+}
+
+/// SplitMix64 finaliser: a good 64-bit hash for seeds.
+pub fn splitmix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// Splits `n` tokens into a training head and a validation tail of fraction `val_fraction`.
+/// Returns the number of training tokens.
+pub fn split_point(n: usize, val_fraction: f64) -> Result<usize> {
+    if !(val_fraction > 0.0 && val_fraction < 1.0) {
+        return Err(Error::config("val_fraction", "must be between 0 and 1 (exclusive), e.g. 0.1"));
+    }
+    let n_val = ((n as f64) * val_fraction).round() as usize;
+    if n_val < 2 {
+        return Err(Error::Data(format!(
+            "the corpus has only {n} tokens: too few for a validation split of {val_fraction}"
+        )));
+    }
+    Ok(n - n_val)
+}
+
+/// Validation layout: `rows` contiguous regions of the validation tokens, each evaluated from
+/// a fresh state with the state carried across chunks. Returns `(starts, region_len)`; every
+/// region predicts `region_len - 1` targets.
+pub fn eval_regions(n_tokens: usize, rows: usize) -> (Vec<usize>, usize) {
+    let rows = rows.clamp(1, (n_tokens / 2).max(1));
+    let len = n_tokens / rows;
+    ((0..rows).map(|i| i * len).collect(), len)
+}

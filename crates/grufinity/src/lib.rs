@@ -1,0 +1,18 @@
+//! GRUfinity: minGRU language models on Burn.
+//!
+//! - [`model`]: the minGRU scan, layer, block and language model.
+//! - [`data`]: tokenizers, corpora, the TBPTT stream batcher.
+//! - [`train`]: the trainer, optimiser, checkpoints.
+//! - [`generate`]: stateful decoding and sampling.
+//! - [`device`]: backend selection.
+//! - [`load`]: a trained model back from a run or checkpoint.
+
+pub mod data;
+pub mod device;
+pub mod error;
+pub mod generate;
+pub mod load;
+pub mod model;
+pub mod train;
+
+pub use error::{Error, Result};

@@ -1,0 +1,99 @@
+//! One pre-norm residual block:
+//!
+//! ```text
+//! x = x + Dropout(minGRU(Conv?(RMSNorm(x))))
+//! x = x + Dropout(FeedForward(RMSNorm(x)))
+//! ```
+
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::tensor::activation::{gelu, silu};
+use burn::tensor::{Device, Tensor};
+
+use super::config::{FeedForwardKind, ModelConfig};
+use super::conv::CausalConv;
+use super::mingru::{uniform_fan_in, MinGru};
+use super::state::LayerState;
+
+/// GELU or SwiGLU feed-forward.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// `D -> H` (GELU) or `D -> 2H` (SwiGLU: value and gate).
+    pub up: Linear,
+    /// `H -> D`.
+    pub down: Linear,
+    /// Whether `up` produces a SwiGLU pair.
+    pub swiglu: bool,
+}
+
+impl FeedForward {
+    /// A feed-forward of model width `dim` and hidden width `hidden`.
+    pub fn new(dim: usize, hidden: usize, kind: FeedForwardKind, device: &Device) -> Self {
+        let swiglu = kind == FeedForwardKind::Swiglu;
+        let up_out = if swiglu { 2 * hidden } else { hidden };
+        Self {
+            up: LinearConfig::new(dim, up_out)
+                .with_initializer(uniform_fan_in(dim))
+                .init(device),
+            down: LinearConfig::new(hidden, dim)
+                .with_initializer(uniform_fan_in(hidden))
+                .init(device),
+            swiglu,
+        }
+    }
+
+    /// `[B, T, D] -> [B, T, D]`.
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let up = self.up.forward(x);
+        let hidden = if self.swiglu {
+            let h = up.dims()[2] / 2;
+            silu(up.clone().narrow(2, 0, h)) * up.narrow(2, h, h)
+        } else {
+            gelu(up)
+        };
+        self.down.forward(hidden)
+    }
+}
+
+/// A residual minGRU block.
+#[derive(Module, Debug)]
+pub struct Block {
+    pub norm_mix: RmsNorm,
+    pub conv: Option<CausalConv>,
+    pub mingru: MinGru,
+    pub norm_ff: RmsNorm,
+    pub ff: FeedForward,
+    pub dropout: Dropout,
+}
+
+impl Block {
+    /// A block as described by `config`.
+    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+        let d = config.dim;
+        Self {
+            norm_mix: RmsNormConfig::new(d).init(device),
+            conv: (config.conv_kernel > 0).then(|| CausalConv::new(d, config.conv_kernel, device)),
+            mingru: MinGru::new(d, config.inner(), device),
+            norm_ff: RmsNormConfig::new(d).init(device),
+            ff: FeedForward::new(d, config.ff_hidden(), config.ff_kind, device),
+            dropout: DropoutConfig::new(config.dropout).init(),
+        }
+    }
+
+    /// `x`: `[B, T, D]` with this layer's carried state → (`[B, T, D]`, next state).
+    pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
+        let mut h = self.norm_mix.forward(x.clone());
+        let conv = match (&self.conv, state.conv) {
+            (Some(conv), Some(cache)) => {
+                let (y, cache) = conv.forward(h, cache);
+                h = y;
+                Some(cache)
+            }
+            _ => None,
+        };
+        let (mixed, log_h) = self.mingru.forward(h, state.log_h);
+        let x = x + self.dropout.forward(mixed);
+        let x = x.clone() + self.dropout.forward(self.ff.forward(self.norm_ff.forward(x)));
+        (x, LayerState { log_h, conv })
+    }
+}

@@ -1,0 +1,77 @@
+//! The minGRU layer: one input projection to `[k_h, k_z]`, the recurrence of [`super::scan`],
+//! and an output projection back to the model width when the inner width differs.
+
+use burn::module::Module;
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Tensor};
+
+use super::scan::{log_coeffs_and_values, scan_log, step_log};
+
+/// A minGRU layer of model width `D` and inner width `E`.
+#[derive(Module, Debug)]
+pub struct MinGru {
+    /// `D -> 2E`, no bias: `[k_h, k_z]`.
+    pub to_hz: Linear,
+    /// `E -> D`, no bias; absent when `E == D`.
+    pub to_out: Option<Linear>,
+}
+
+impl MinGru {
+    /// A layer with PyTorch-style uniform initialisation (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))`).
+    pub fn new(dim: usize, inner: usize, device: &Device) -> Self {
+        let linear = |d_in: usize, d_out: usize| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(false)
+                .with_initializer(uniform_fan_in(d_in))
+                .init(device)
+        };
+        Self {
+            to_hz: linear(dim, 2 * inner),
+            to_out: (inner != dim).then(|| linear(inner, dim)),
+        }
+    }
+
+    /// Inner width `E`.
+    pub fn inner(&self) -> usize {
+        self.to_hz.weight.shape().dims::<2>()[1] / 2
+    }
+
+    /// Pre-activations `k_h`, `k_z`, each `[B, T, E]`, from `x`: `[B, T, D]`.
+    fn pre_activations(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let e = self.inner();
+        let hz = self.to_hz.forward(x);
+        (hz.clone().narrow(2, 0, e), hz.narrow(2, e, e))
+    }
+
+    fn project_out(&self, h: Tensor<3>) -> Tensor<3> {
+        match &self.to_out {
+            Some(out) => out.forward(h),
+            None => h,
+        }
+    }
+
+    /// `x`: `[B, T, D]`, `log_h0`: `[B, 1, E]` → (`y`: `[B, T, D]`, last `log h`: `[B, 1, E]`).
+    ///
+    /// `T == 1` takes the recurrent step (generation); longer inputs take the parallel scan.
+    pub fn forward(&self, x: Tensor<3>, log_h0: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
+        let [_, t, _] = x.dims();
+        let (k_h, k_z) = self.pre_activations(x);
+        let (log_coeff, log_value) = log_coeffs_and_values(k_h, k_z);
+        let log_h = if t == 1 {
+            step_log(log_coeff, log_value, log_h0)
+        } else {
+            scan_log(log_coeff, log_value, log_h0)
+        };
+        let last = log_h.clone().narrow(1, t - 1, 1);
+        (self.project_out(log_h.exp()), last)
+    }
+}
+
+/// PyTorch's default for linear layers: uniform in `±1/sqrt(fan_in)`.
+pub(crate) fn uniform_fan_in(fan_in: usize) -> Initializer {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    Initializer::Uniform {
+        min: -bound,
+        max: bound,
+    }
+}

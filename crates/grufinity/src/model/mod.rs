@@ -1,0 +1,13 @@
+//! The minGRU model family: the scan, the layer, the block, the language model, its state.
+
+pub mod block;
+pub mod config;
+pub mod conv;
+pub mod lm;
+pub mod mingru;
+pub mod scan;
+pub mod state;
+
+pub use config::{parse_param_budget, FeedForwardKind, ModelConfig};
+pub use lm::{cross_entropy, MinGruLm};
+pub use state::{LayerState, State};

@@ -1,0 +1,109 @@
+//! The recurrent state carried between chunks (TBPTT) and between generated tokens.
+
+use burn::tensor::{Bool, Device, Tensor};
+
+use super::config::ModelConfig;
+use super::scan::LOG_ZERO;
+
+/// State of one block.
+#[derive(Clone, Debug)]
+pub struct LayerState {
+    /// `log h` of the minGRU: `[B, 1, E]`.
+    pub log_h: Tensor<3>,
+    /// The conv's last `K - 1` inputs: `[B, K-1, D]`, present when the conv is on.
+    pub conv: Option<Tensor<3>>,
+}
+
+/// State of every block of a model, for a batch of `B` independent rows.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub layers: Vec<LayerState>,
+}
+
+impl State {
+    /// The initial state (`h = 0`, empty conv history) for `batch` rows.
+    pub fn zeros(config: &ModelConfig, batch: usize, device: &Device) -> Self {
+        let layers = (0..config.depth)
+            .map(|_| LayerState {
+                log_h: Tensor::full([batch, 1, config.inner()], LOG_ZERO, device),
+                conv: (config.conv_kernel > 0)
+                    .then(|| Tensor::zeros([batch, config.conv_kernel - 1, config.dim], device)),
+            })
+            .collect();
+        Self { layers }
+    }
+
+    /// Number of rows.
+    pub fn batch(&self) -> usize {
+        self.layers[0].log_h.dims()[0]
+    }
+
+    /// The same values cut from the autodiff graph (TBPTT truncation).
+    pub fn detach(self) -> Self {
+        self.map(|t| t.detach())
+    }
+
+    /// The same values without autodiff at all (for evaluation and generation).
+    pub fn without_autodiff(self) -> Self {
+        self.map(|t| t.without_autodiff())
+    }
+
+    /// Moves the state to `device`.
+    pub fn to_device(self, device: &Device) -> Self {
+        self.map(|t| t.to_device(device))
+    }
+
+    fn map(self, f: impl Fn(Tensor<3>) -> Tensor<3>) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| LayerState {
+                    log_h: f(l.log_h),
+                    conv: l.conv.map(&f),
+                })
+                .collect(),
+        }
+    }
+
+    /// Resets the rows where `reset[i]` is true to the initial state, keeping the others.
+    pub fn reset_rows(self, reset: &[bool]) -> Self {
+        if !reset.iter().any(|&r| r) {
+            return self;
+        }
+        let device = self.layers[0].log_h.device();
+        let mask = Tensor::<1, Bool>::from_data(burn::tensor::TensorData::new(reset.to_vec(), [reset.len()]), &device)
+            .reshape([reset.len(), 1, 1]);
+        self.map_with_mask(mask)
+    }
+
+    fn map_with_mask(self, mask: Tensor<3, Bool>) -> Self {
+        Self {
+            layers: self
+                .layers
+                .into_iter()
+                .map(|l| {
+                    let dims = l.log_h.dims();
+                    let log_h = l
+                        .log_h
+                        .mask_fill(mask.clone().expand(dims), LOG_ZERO);
+                    let conv = l.conv.map(|c| {
+                        let dims = c.dims();
+                        c.mask_fill(mask.clone().expand(dims), 0.0)
+                    });
+                    LayerState { log_h, conv }
+                })
+                .collect(),
+        }
+    }
+
+    /// Selects rows `rows` (in that order) of every tensor: `[B, ..] -> [rows.len(), ..]`.
+    pub fn select_rows(self, rows: &[usize]) -> Self {
+        let device = self.layers[0].log_h.device();
+        let idx = Tensor::<1, burn::tensor::Int>::from_data(
+            burn::tensor::TensorData::new(rows.iter().map(|&r| r as i64).collect::<Vec<_>>(), [rows.len()]),
+            &device,
+        );
+        self.map(|t| t.select(0, idx.clone()))
+    }
+}

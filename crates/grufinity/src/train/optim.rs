@@ -1,0 +1,174 @@
+//! AdamW with decoupled weight decay, global-norm gradient clipping and learning-rate schedules.
+//!
+//! The optimiser keeps its moments by parameter path, so its state is saved and restored with a
+//! checkpoint by name and a mismatch is reported by name.
+
+use std::collections::BTreeMap;
+
+use burn::module::Module;
+use burn::tensor::{Gradients, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::params::{map_params, named_grads};
+use crate::error::{Error, Result};
+
+/// Hyper-parameters of AdamW.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+}
+
+/// Gradients of one or more backward passes, by parameter path, flat (`[N]`).
+pub type GradMap = BTreeMap<String, Tensor<1>>;
+
+/// Adds the gradients of `grads` for every parameter of `module` into `acc`, scaled by `scale`.
+pub fn accumulate_grads<M: Module>(module: &M, grads: &Gradients, scale: f32, acc: &mut GradMap) {
+    for (path, g) in named_grads(module, grads) {
+        let g = g.value * scale;
+        let sum = match acc.remove(&path) {
+            Some(prev) => prev + g,
+            None => g,
+        };
+        acc.insert(path, sum);
+    }
+}
+
+/// Global L2 norm of all gradients.
+pub fn global_norm(grads: &GradMap) -> f32 {
+    let mut total: Option<Tensor<1>> = None;
+    for g in grads.values() {
+        let sq = g.clone().square().sum();
+        total = Some(match total {
+            Some(t) => t + sq,
+            None => sq,
+        });
+    }
+    total.map(|t| t.sqrt().into_scalar::<f32>()).unwrap_or(0.0)
+}
+
+/// Scales all gradients so that their global norm is at most `max_norm` (no-op when it is
+/// already smaller or `max_norm <= 0`). Returns the norm before clipping.
+pub fn clip_global_norm(grads: &mut GradMap, max_norm: f64) -> f32 {
+    let norm = global_norm(grads);
+    if max_norm > 0.0 && norm.is_finite() && norm as f64 > max_norm {
+        let scale = (max_norm / (norm as f64 + 1e-6)) as f32;
+        for g in grads.values_mut() {
+            *g = g.clone() * scale;
+        }
+    }
+    norm
+}
+
+/// Whether weight decay applies to the parameter at `path`: matrices of linear layers only,
+/// never embeddings, norm gains, biases or conv taps.
+pub fn decays(path: &str) -> bool {
+    path.ends_with(".weight") && !path.contains("embedding") && !path.contains("conv") && !path.contains("norm")
+}
+
+/// AdamW state: first and second moments by path, and the number of steps taken.
+pub struct AdamW {
+    pub config: AdamWConfig,
+    pub step: u64,
+    pub moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+}
+
+impl AdamW {
+    pub fn new(config: AdamWConfig) -> Self {
+        Self { config, step: 0, moments: BTreeMap::new() }
+    }
+
+    /// One update of every parameter that has a gradient in `grads`, at learning rate `lr`:
+    ///
+    /// ```text
+    /// m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) g^2
+    /// p = p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps) - lr wd p   (wd only if decays)
+    /// ```
+    pub fn update<M: Module>(&mut self, module: M, grads: &GradMap, lr: f64) -> M {
+        self.step += 1;
+        let c = self.config.clone();
+        let t = self.step as i32;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2 = 1.0 - c.beta2.powi(t);
+        let moments = &mut self.moments;
+        map_params(module, &mut |path, p| {
+            let Some(g) = grads.get(path) else { return p };
+            let g = g.clone();
+            let (m, v) = match moments.remove(path) {
+                Some((m, v)) => (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2)),
+                None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
+            };
+            let denom = (v.clone() / bias2).sqrt() + c.eps;
+            let step = (m.clone() / bias1) / denom * lr;
+            moments.insert(path.to_string(), (m, v));
+            let p = if c.weight_decay > 0.0 && decays(path) { p.clone() - p * (lr * c.weight_decay) } else { p };
+            p - step
+        })
+    }
+
+    /// The moments as named tensors (`m.<path>`, `v.<path>`) for a checkpoint.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor<1>)> {
+        let mut out = Vec::with_capacity(2 * self.moments.len());
+        for (path, (m, v)) in &self.moments {
+            out.push((format!("m.{path}"), m.clone()));
+            out.push((format!("v.{path}"), v.clone()));
+        }
+        out
+    }
+
+    /// Restores moments saved by [`AdamW::state_tensors`]; every tensor must name a known
+    /// parameter of the right size.
+    pub fn load_state(&mut self, step: u64, mut tensors: BTreeMap<String, Tensor<1>>, sizes: &BTreeMap<String, usize>) -> Result<()> {
+        self.step = step;
+        self.moments.clear();
+        for (path, &n) in sizes {
+            match (tensors.remove(&format!("m.{path}")), tensors.remove(&format!("v.{path}"))) {
+                (Some(m), Some(v)) => {
+                    if m.dims()[0] != n || v.dims()[0] != n {
+                        return Err(Error::Data(format!("optimizer state for `{path}` has the wrong size")));
+                    }
+                    self.moments.insert(path.clone(), (m, v));
+                }
+                (None, None) => {}
+                _ => return Err(Error::Data(format!("optimizer state for `{path}` is incomplete"))),
+            }
+        }
+        if let Some(extra) = tensors.keys().next() {
+            return Err(Error::Data(format!("optimizer state has `{extra}`, which is not a parameter of this model")));
+        }
+        Ok(())
+    }
+}
+
+/// Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
+/// `min_lr_ratio * lr` at `total` steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+impl Schedule {
+    /// Learning rate for the update made at `step` (0-based). Warmup is linear over the first
+    /// `warmup` steps; after it, `progress` (fraction of the budget used, by steps or by time,
+    /// `None` when there is no budget to measure against) drives the decay to
+    /// `min_lr_ratio * base`.
+    pub fn lr_at(self, step: u64, base: f64, warmup: u64, progress: Option<f64>, min_lr_ratio: f64) -> f64 {
+        if warmup > 0 && step < warmup {
+            return base * (step + 1) as f64 / warmup as f64;
+        }
+        let Some(progress) = progress else { return base };
+        let progress = progress.clamp(0.0, 1.0);
+        let min = base * min_lr_ratio;
+        let decay = match self {
+            Schedule::Constant => return base,
+            Schedule::Linear => 1.0 - progress,
+            Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
+        };
+        min + (base - min) * decay
+    }
+}

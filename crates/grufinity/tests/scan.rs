@@ -1,0 +1,111 @@
+//! The log-space scan against a plain sequential recurrence in f64.
+
+mod common;
+
+use common::{cpu, max_abs_diff, tensor3, to_vec, Rng};
+use grufinity::model::scan::{log_coeffs_and_values, scan_log, step_log, LOG_ZERO};
+use burn::tensor::Tensor;
+
+fn g(x: f64) -> f64 {
+    if x >= 0.0 { x + 0.5 } else { 1.0 / (1.0 + (-x).exp()) }
+}
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `h_t = (1 - z_t) h_{t-1} + z_t g(k_h)`, row-major `[B, T, E]`, returns all `h`.
+fn reference(k_h: &[f64], k_z: &[f64], h0: &[f64], b: usize, t: usize, e: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; b * t * e];
+    for bi in 0..b {
+        for ei in 0..e {
+            let mut h = h0[bi * e + ei];
+            for ti in 0..t {
+                let i = (bi * t + ti) * e + ei;
+                let z = sigmoid(k_z[i]);
+                h = (1.0 - z) * h + z * g(k_h[i]);
+                out[i] = h as f32;
+            }
+        }
+    }
+    out
+}
+
+fn run_scan(k_h: &[f64], k_z: &[f64], h0: &[f64], b: usize, t: usize, e: usize) -> (Vec<f32>, Vec<f32>) {
+    let device = cpu();
+    let kh = tensor3(k_h, [b, t, e], &device);
+    let kz = tensor3(k_z, [b, t, e], &device);
+    let log_h0 = tensor3(h0, [b, 1, e], &device).log().clamp_min(LOG_ZERO);
+    let (lc, lv) = log_coeffs_and_values(kh, kz);
+    let log_h = scan_log(lc, lv, log_h0);
+    let last = log_h.clone().narrow(1, t - 1, 1);
+    (to_vec(log_h.exp()), to_vec(last.exp()))
+}
+
+#[test]
+fn scan_matches_sequential_recurrence() {
+    let (b, e) = (2, 16);
+    for &t in &[1usize, 7, 256, 2048] {
+        let mut rng = Rng(t as u64);
+        let k_h = rng.normals(b * t * e, 2.0);
+        let k_z = rng.normals(b * t * e, 2.0);
+        let h0: Vec<f64> = (0..b * e).map(|_| rng.uniform() * 2.0).collect();
+        let (got, last) = run_scan(&k_h, &k_z, &h0, b, t, e);
+        let want = reference(&k_h, &k_z, &h0, b, t, e);
+        let err = max_abs_diff(&got, &want);
+        assert!(err <= 1e-4, "T={t}: max abs error {err}");
+        let want_last: Vec<f32> = (0..b)
+            .flat_map(|bi| want[(bi * t + t - 1) * e..(bi * t + t) * e].to_vec())
+            .collect();
+        assert!(max_abs_diff(&last, &want_last) <= 1e-4);
+    }
+}
+
+#[test]
+fn scan_from_zero_state_matches_reference() {
+    let (b, t, e) = (3, 100, 8);
+    let mut rng = Rng(7);
+    let k_h = rng.normals(b * t * e, 1.0);
+    let k_z = rng.normals(b * t * e, 1.0);
+    let h0 = vec![0.0; b * e];
+    let (got, _) = run_scan(&k_h, &k_z, &h0, b, t, e);
+    let want = reference(&k_h, &k_z, &h0, b, t, e);
+    assert!(max_abs_diff(&got, &want) <= 1e-4);
+}
+
+#[test]
+fn step_matches_scan() {
+    let (b, t, e) = (2, 40, 8);
+    let mut rng = Rng(11);
+    let device = cpu();
+    let kh = tensor3(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
+    let kz = tensor3(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
+    let (lc, lv) = log_coeffs_and_values(kh, kz);
+    let log_h0 = Tensor::<3>::full([b, 1, e], LOG_ZERO, &device);
+    let parallel = to_vec(scan_log(lc.clone(), lv.clone(), log_h0.clone()).exp());
+    let mut log_h = log_h0;
+    let mut steps = Vec::new();
+    for i in 0..t {
+        log_h = step_log(lc.clone().narrow(1, i, 1), lv.clone().narrow(1, i, 1), log_h);
+        steps.push(log_h.clone());
+    }
+    let stepped = to_vec(Tensor::cat(steps, 1).exp());
+    assert!(max_abs_diff(&parallel, &stepped) <= 1e-4);
+}
+
+#[test]
+fn extreme_inputs_stay_finite() {
+    let (b, e) = (1, 4);
+    for &t in &[1usize, 64, 4096] {
+        for &(vh, vz) in &[(50.0, 50.0), (-50.0, -50.0), (50.0, -50.0), (-50.0, 50.0), (0.0, 0.0)] {
+            let mut rng = Rng(3);
+            // Alternate signs too, the hardest case for a single max reference.
+            let k_h: Vec<f64> = (0..b * t * e).map(|i| if rng.uniform() < 0.5 || i % 2 == 0 { vh } else { -vh }).collect();
+            let k_z: Vec<f64> = (0..b * t * e).map(|_| vz).collect();
+            let (got, _) = run_scan(&k_h, &k_z, &vec![0.0; b * e], b, t, e);
+            assert!(got.iter().all(|x| x.is_finite()), "T={t} k_h={vh} k_z={vz}: non-finite output");
+            let want = reference(&k_h, &k_z, &vec![0.0; b * e], b, t, e);
+            let err = max_abs_diff(&got, &want);
+            assert!(err <= 1e-3, "T={t} k_h={vh} k_z={vz}: error {err}");
+        }
+    }
+}

@@ -1,0 +1,223 @@
+"""GRUfinity: train and run minGRU language models.
+
+Quick start::
+
+    import grufinity
+    cfg = grufinity.TrainConfig(data=["input.txt"], max_steps=500)
+    result = grufinity.train(cfg)
+    model = grufinity.load(result["run_dir"])
+    print(model.generate("ROMEO:", max_new_tokens=200))
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+import numpy as np
+
+from . import _grufinity, corpus
+from .config import TrainConfig
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DataNotFoundError,
+    DeviceError,
+    GrufinityError,
+    GrufinityIOError,
+    TrainingDivergedError,
+)
+
+__version__ = _grufinity.__version__
+
+
+def default_run_name() -> str:
+    """``run-YYYYmmdd-HHMMSS`` in local time."""
+    return time.strftime("run-%Y%m%d-%H%M%S")
+
+
+def train(
+    config: TrainConfig,
+    on_event: Optional[Callable[[dict[str, Any]], Optional[bool]]] = None,
+) -> dict[str, Any]:
+    """Trains as ``config`` says and returns the outcome (``run_dir``, ``checkpoint``, ``step``,
+    ``interrupted``, ``final_val_loss``). ``on_event`` receives every event as a dict (``event``
+    is one of start, step, eval, sample, saved, done); returning False stops the run after the
+    current step, with a checkpoint. Ctrl-C does the same and raises KeyboardInterrupt.
+
+    ``config.resume``: ``"auto"`` continues ``out_dir/name`` if it has a checkpoint, a path
+    continues that run or checkpoint.
+    """
+    resume_path = None
+    name = config.name or default_run_name()
+    if config.resume:
+        if config.resume == "auto":
+            if not config.name:
+                raise ConfigError("config `resume`: `auto` needs a run --name to look for")
+            candidate = Path(config.out_dir) / name / "checkpoints" / "last"
+            resume_path = candidate if candidate.exists() else None
+        else:
+            p = Path(config.resume)
+            if not p.exists():
+                raise DataNotFoundError(f"{p}: no such run or checkpoint to resume")
+            resume_path = p / "checkpoints" / "last" if (p / "checkpoints" / "last").exists() else p
+            if not (resume_path / "trainer.json").exists():
+                raise CheckpointError(f"{p} has no complete checkpoint to resume")
+    if resume_path is None:
+        files = corpus.resolve(config.data) if config.data else corpus.default_corpus()
+        description = corpus.describe(files) if config.data else corpus.DEFAULT_CORPUS_DESCRIPTION
+    else:
+        files, description = [], ""
+    core_json = config.to_core_json(files, description, name)
+
+    def callback(event_json: str) -> bool:
+        if on_event is None:
+            return True
+        return on_event(json.loads(event_json)) is not False
+
+    out = _grufinity.train(core_json, str(resume_path) if resume_path else None, callback)
+    return json.loads(out)
+
+
+class State:
+    """Recurrent state of a model (for one or several rows). Pass it back to continue."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    @property
+    def batch(self) -> int:
+        return self._inner.batch
+
+
+class Model:
+    """A trained minGRU language model."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.trainer_state: dict[str, Any] = json.loads(inner.trainer_json)
+        self.config: dict[str, Any] = self.trainer_state["config"]
+
+    @property
+    def checkpoint(self) -> Path:
+        return Path(self._inner.checkpoint)
+
+    @property
+    def num_params(self) -> int:
+        return self._inner.num_params
+
+    @property
+    def vocab_size(self) -> int:
+        return self._inner.vocab_size
+
+    def encode(self, text: str | bytes) -> list[int]:
+        return self._inner.encode(text.encode() if isinstance(text, str) else text)
+
+    def decode(self, tokens: list[int]) -> str:
+        return bytes(self._inner.decode(list(tokens))).decode("utf-8", errors="replace")
+
+    def initial_state(self, batch: int = 1) -> State:
+        return State(self._inner.initial_state(batch))
+
+    def forward(self, tokens: np.ndarray, state: Optional[State] = None) -> tuple[np.ndarray, State]:
+        """``tokens``: int array ``[B, T]`` (or ``[T]``) → (logits float32 ``[B, T, V]``, state)."""
+        arr = np.asarray(tokens, dtype=np.int64)
+        if arr.ndim == 1:
+            arr = arr[None, :]
+        logits, st = self._inner.forward(np.ascontiguousarray(arr), state._inner if state else None)
+        return logits, State(st)
+
+    def _sampling(self, **kw: Any) -> str:
+        return json.dumps({k: v for k, v in kw.items() if v is not None})
+
+    def generate_bytes(
+        self,
+        prompt: str | bytes = b"",
+        *,
+        max_new_tokens: int = 256,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        min_p: float = 0.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        state: Optional[State] = None,
+        on_piece: Optional[Callable[[bytes], Optional[bool]]] = None,
+    ) -> tuple[bytes, State]:
+        """Generates after ``prompt`` (continuing ``state`` if given); returns the new bytes and
+        the state after them."""
+        data = prompt.encode() if isinstance(prompt, str) else bytes(prompt)
+        sampling = self._sampling(
+            max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+            min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+        )
+        cb = None if on_piece is None else (lambda b: on_piece(bytes(b)))
+        out, st = self._inner.generate(data, sampling, state._inner if state else None, cb)
+        return bytes(out), State(st)
+
+    def generate(self, prompt: str | bytes = b"", **kw: Any) -> str:
+        """Generated text after ``prompt`` (not including it). Keywords as :meth:`generate_bytes`."""
+        out, _ = self.generate_bytes(prompt, **kw)
+        return out.decode("utf-8", errors="replace")
+
+    def stream(self, prompt: str | bytes = b"", **kw: Any) -> Iterator[str]:
+        """Yields the generated text piece by piece while it is produced, split only at UTF-8
+        character boundaries; the pieces join to exactly what :meth:`generate` returns."""
+        pieces: queue.Queue[Any] = queue.Queue()
+        done = object()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                self.generate_bytes(prompt, on_piece=pieces.put, **kw)
+            except BaseException as e:  # handed to the consumer
+                failure.append(e)
+            finally:
+                pieces.put(done)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        while (piece := pieces.get()) is not done:
+            text = decoder.decode(piece)
+            if text:
+                yield text
+        worker.join()
+        if failure:
+            raise failure[0]
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+    def evaluate(self, text: str | bytes, *, rows: int = 1, chunk: int = 256, reset_every: int = 0) -> dict[str, Any]:
+        """Loss on ``text`` with the state carried throughout: nats/token, bits per byte, perplexity."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        return json.loads(self._inner.evaluate(data, rows, chunk, reset_every))
+
+
+def load(path: str | Path, device: str = "auto") -> Model:
+    """Loads a run directory (its best checkpoint, else its last) or a checkpoint directory."""
+    return Model(_grufinity.Model.load(str(path), device))
+
+
+__all__ = [
+    "TrainConfig",
+    "Model",
+    "State",
+    "train",
+    "load",
+    "GrufinityError",
+    "ConfigError",
+    "DataError",
+    "DataNotFoundError",
+    "CheckpointError",
+    "DeviceError",
+    "TrainingDivergedError",
+    "GrufinityIOError",
+]

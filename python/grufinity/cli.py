@@ -1,0 +1,374 @@
+"""The ``grufinity`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+
+from . import config as config_mod
+from .corpus import DEFAULT_CORPUS_DESCRIPTION
+from .errors import GrufinityError
+
+_DEBUG = False
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns every GrufinityError (and OSError) into a one-line message, unless --debug."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (GrufinityError, OSError) as e:
+            if _DEBUG:
+                raise
+            _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="grufinity")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def main(debug: bool) -> None:
+    """Train and run minGRU language models.
+
+    \b
+    grufinity train                 train on the built-in corpus (Python's standard library)
+    grufinity train my.txt          train on your own text
+    grufinity generate runs/NAME    write text with a trained model
+    """
+    global _DEBUG
+    _DEBUG = debug
+
+
+# ---------------------------------------------------------------- train
+
+def _fmt_time(seconds: Optional[float]) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
+
+
+class Progress:
+    """Renders trainer events: a live line on a terminal, plain lines otherwise, JSON lines for
+    machines, nothing but errors with --quiet."""
+
+    def __init__(self, mode: str) -> None:
+        if mode == "auto":
+            mode = "bar" if sys.stderr.isatty() else "plain"
+        self.mode = mode
+        self.total: Optional[int] = None
+        self.max_time: Optional[float] = None
+        self.val: Optional[float] = None
+        self.live = False
+
+    def _line(self, text: str) -> None:
+        if self.live:
+            click.echo("\r\x1b[2K", nl=False, err=True)
+            self.live = False
+        click.echo(text, err=True)
+
+    def __call__(self, e: dict[str, Any]) -> None:
+        kind = e["event"]
+        if self.mode == "json":
+            click.echo(json.dumps(e))
+            return
+        if self.mode == "none":
+            return
+        if kind == "start":
+            self.total, self.max_time = e["total_steps"], e["max_time"]
+            budget = []
+            if self.total:
+                budget.append(f"{self.total} steps")
+            if self.max_time:
+                budget.append(f"{_fmt_time(self.max_time)}")
+            where = f"resuming {e['resumed_from']} at step {e['step']}" if e["resumed_from"] else "new run"
+            self._line(f"run: {e['run_dir']} ({where})")
+            if e["data"]:
+                self._line(f"data: {e['data']}")
+            self._line(
+                f"model: {e['params']:,} parameters | train {e['train_tokens']:,} tokens, "
+                f"val {e['val_tokens']:,} | device: {e['device_reason']} | budget: {' or '.join(budget) or 'none'}"
+            )
+        elif kind == "step":
+            eta = None
+            if self.total and e["tokens_per_sec"] > 0:
+                done = e["step"] / self.total
+                eta = e["elapsed"] / max(done, 1e-9) - e["elapsed"] if done > 0 else None
+            if self.max_time:
+                t_left = self.max_time - e["elapsed"]
+                eta = t_left if eta is None else min(eta, t_left)
+            total = f"/{self.total}" if self.total else ""
+            val = f" | val {self.val:.4f}" if self.val is not None else ""
+            text = (
+                f"step {e['step']}{total} | loss {e['loss']:.4f}{val} | lr {e['lr']:.2e} | "
+                f"{e['tokens_per_sec']:,.0f} tok/s | {_fmt_time(e['elapsed'])} elapsed, ETA {_fmt_time(eta)}"
+            )
+            if self.mode == "bar":
+                click.echo("\r\x1b[2K" + text, nl=False, err=True)
+                self.live = True
+            else:
+                self._line(text)
+        elif kind == "eval":
+            self.val = e["val_loss"]
+            mark = " (best)" if e["best"] else ""
+            self._line(
+                f"eval step {e['step']}: val loss {e['val_loss']:.4f} nats/token, "
+                f"{e['val_bpb']:.3f} bits/byte, ppl {e['val_ppl']:.2f}{mark}"
+            )
+        elif kind == "sample":
+            text = e["text"].strip("\n")
+            self._line("sample: " + text[:300].replace("\n", "\n        "))
+        elif kind == "done":
+            self._line(
+                f"done: {e['step']} steps, {e['tokens']:,} tokens in {_fmt_time(e['elapsed'])}"
+                + (f", val loss {e['val_loss']:.4f}" if e.get("val_loss") is not None else "")
+            )
+
+
+def _opt(name: str, type_: Any, help_: str, **kw: Any):
+    return click.option(name, type=type_, default=None, help=help_, **kw)
+
+
+TRAIN_OPTIONS = [
+    _opt("--config", click.Path(dir_okay=False), "TOML file of settings (any key below); flags override it."),
+    _opt("--out-dir", str, "Parent directory of runs.  [default: runs]"),
+    _opt("--name", str, "Run name: the run goes to OUT_DIR/NAME.  [default: run-DATE-TIME]"),
+    _opt("--device", str, "auto, cpu, cuda[:N], vulkan[:N]; or set GRUFINITY_DEVICE.  [default: auto]"),
+    _opt("--seed", int, "Random seed; a CPU run with the same seed is reproducible.  [default: 1337]"),
+    _opt("--dim", int, "Model width.  [default: 128]"),
+    _opt("--depth", int, "Number of minGRU blocks.  [default: 3]"),
+    _opt("--params", str, "Size the model by parameter budget instead, e.g. 5M (picks dim and depth)."),
+    _opt("--expansion", float, "minGRU inner width / dim.  [default: 1.5]"),
+    _opt("--ff-mult", float, "Feed-forward width / dim.  [default: 4]"),
+    _opt("--ff-kind", click.Choice(["gelu", "swiglu"]), "Feed-forward variant.  [default: gelu]"),
+    _opt("--conv-kernel", int, "Causal depthwise conv taps before each minGRU, 0 = off.  [default: 0]"),
+    _opt("--tie-embeddings/--no-tie-embeddings", bool, "Share embedding and output head weights."),
+    _opt("--dropout", float, "Dropout probability.  [default: 0]"),
+    _opt("--tokenizer", click.Choice(["byte"]), "Tokenizer.  [default: byte]"),
+    _opt("--batch-size", int, "Parallel streams (rows) per step.  [default: 16]"),
+    _opt("--chunk-len", int, "Tokens per stream per step (TBPTT length).  [default: 128]"),
+    _opt("--val-fraction", float, "Tail of the corpus held out for validation.  [default: 0.1]"),
+    _opt("--lr", float, "Peak learning rate.  [default: 3e-3]"),
+    _opt("--warmup", int, "Linear warmup steps.  [default: 50]"),
+    _opt("--schedule", click.Choice(["constant", "linear", "cosine"]), "Decay after warmup.  [default: cosine]"),
+    _opt("--min-lr-ratio", float, "Final lr as a fraction of --lr.  [default: 0.1]"),
+    _opt("--weight-decay", float, "AdamW decoupled weight decay (matrices only).  [default: 0.1]"),
+    _opt("--beta1", float, "AdamW beta1.  [default: 0.9]"),
+    _opt("--beta2", float, "AdamW beta2.  [default: 0.99]"),
+    _opt("--eps", float, "AdamW epsilon.  [default: 1e-8]"),
+    _opt("--grad-clip", float, "Clip the global gradient norm to this, 0 = off.  [default: 1.0]"),
+    _opt("--accum", int, "Chunks accumulated per optimiser step.  [default: 1]"),
+    _opt("--max-steps", int, "Stop after this many steps."),
+    _opt("--max-tokens", int, "Stop after this many training tokens."),
+    _opt("--max-time", float, "Stop after this many seconds.  [default: 180 when no other budget]"),
+    _opt("--epochs", float, "Stop after this many passes over the training split."),
+    _opt("--eval-every", int, "Steps between evaluations, 0 = only at the end.  [default: 100]"),
+    _opt("--eval-tokens", int, "Validation tokens per evaluation, 0 = all.  [default: 65536]"),
+    _opt("--save-every", int, "Steps between extra checkpoints, 0 = at evaluations only.  [default: 0]"),
+    _opt("--keep-last", int, "Step checkpoints to keep (the best is always kept).  [default: 3]"),
+    _opt("--log-every", int, "Steps between progress lines.  [default: 10]"),
+    _opt("--sample-prompt", str, "Prompt of the sample written at each evaluation.  [default: 'def ']"),
+    _opt("--sample-tokens", int, "Length of that sample, 0 = none.  [default: 200]"),
+    _opt("--resume", str, "Continue a run: 'auto' (the run named by --name, if it exists) or a run/checkpoint path."),
+    _opt("--progress", click.Choice(["auto", "bar", "plain", "json", "none"]), "Progress display.  [default: auto]"),
+]
+
+
+def _with_options(options):
+    def deco(f):
+        for o in reversed(options):
+            f = o(f)
+        return f
+
+    return deco
+
+
+@main.command(context_settings={"max_content_width": 110})
+@click.argument("data", nargs=-1)
+@_with_options(TRAIN_OPTIONS)
+@click.option("-q", "--quiet", is_flag=True, help="Print only the run directory and errors.")
+def train(data: tuple[str, ...], config: Optional[str], quiet: bool, **flags: Any) -> None:
+    """Train a minGRU language model on DATA (files, directories or globs).
+
+    Without DATA it trains on the built-in corpus: {default}, so the model learns to write
+    Python. Progress shows loss, validation loss, tokens/s and ETA; the run directory gets the
+    resolved config, checkpoints (safetensors), metrics.jsonl/csv and samples.txt.
+
+    Ctrl-C stops after the current step and saves a checkpoint (a second Ctrl-C quits at once);
+    continue with --resume.
+    """
+    from . import train as run_training
+
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if data:
+        overrides["data"] = list(data)
+    if "device" not in overrides and os.environ.get("GRUFINITY_DEVICE"):
+        overrides["device"] = os.environ["GRUFINITY_DEVICE"]
+    budgets = ("max_steps", "max_tokens", "max_time", "epochs")
+    cfg = config_mod.build(overrides, config)
+    if any(k in overrides for k in budgets if k != "max_time") and "max_time" not in overrides:
+        file_has_time = config and "max_time" in config_mod.load_toml(config)
+        if not file_has_time:
+            cfg.max_time = None
+    progress = Progress("none" if quiet else (cfg.progress if cfg.progress != "auto" else "auto"))
+
+    terminated = {"sigterm": False}
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        # First Ctrl-C: stop after this step and save. Second: the default action, at once.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        terminated["sigterm"] = True
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        outcome = run_training(cfg, progress)
+    except KeyboardInterrupt as e:
+        progress.live and click.echo("", err=True)
+        info = {}
+        if e.args and isinstance(e.args[0], str) and e.args[0].startswith("{"):
+            info = json.loads(e.args[0])
+        if info:
+            click.echo(
+                f"interrupted at step {info['step']}; checkpoint saved to {info['checkpoint']}\n"
+                f"resume with: grufinity train --resume {info['run_dir']}",
+                err=True,
+            )
+        else:
+            click.echo("interrupted before training started; nothing was saved", err=True)
+        sys.exit(143 if terminated["sigterm"] else 130)
+    if quiet:
+        click.echo(outcome["run_dir"])
+    else:
+        click.echo(f"run saved to {outcome['run_dir']}", err=True)
+        click.echo(f"generate with: grufinity generate {outcome['run_dir']}", err=True)
+
+
+train.help = train.help.replace("{default}", DEFAULT_CORPUS_DESCRIPTION)
+
+
+# ---------------------------------------------------------------- generate
+
+def _device(device: Optional[str]) -> str:
+    return device or os.environ.get("GRUFINITY_DEVICE") or "auto"
+
+
+@main.command()
+@click.argument("run", type=str)
+@click.option("-p", "--prompt", default=None, help="Text to continue.  [default: the run's sample prompt]")
+@click.option("--prompt-file", type=click.Path(exists=True, dir_okay=False), help="Read the prompt from a file.")
+@click.option("-n", "--max-new-tokens", type=click.IntRange(min=0), default=500, show_default=True, help="Tokens to generate.")
+@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature, 0 = greedy.")
+@click.option("--top-k", type=click.IntRange(min=0), default=0, show_default=True, help="Sample from the k most likely tokens, 0 = off.")
+@click.option("--top-p", type=float, default=1.0, show_default=True, help="Nucleus sampling mass, 1 = off.")
+@click.option("--min-p", type=float, default=0.0, show_default=True, help="Drop tokens below min-p x the top probability.")
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True, help="Penalise tokens already seen, 1 = off.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed.")
+@click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N].")
+def generate(run: str, prompt: Optional[str], prompt_file: Optional[str], device: Optional[str], **sampling: Any) -> None:
+    """Write text with the model in RUN (a run directory or a checkpoint), streamed to stdout."""
+    from . import load
+
+    model = load(run, _device(device))
+    if prompt_file:
+        prompt = Path(prompt_file).read_text(encoding="utf-8", errors="replace")
+    if prompt is None:
+        prompt = model.config.get("sample_prompt", "")
+    out = sys.stdout
+    out.write(prompt)
+    out.flush()
+    try:
+        for piece in model.stream(prompt, **sampling):
+            out.write(piece)
+            out.flush()
+    except KeyboardInterrupt:
+        out.write("\n")
+        sys.exit(130)
+    out.write("\n")
+
+
+# ---------------------------------------------------------------- eval / info
+
+@main.command(name="eval")
+@click.argument("run", type=str)
+@click.argument("data", nargs=-1, required=True)
+@click.option("--chunk-len", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per forward call.")
+@click.option("--reset-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Reset the state every N tokens (0 = carry it through the whole text).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N].")
+def eval_cmd(run: str, data: tuple[str, ...], chunk_len: int, reset_every: int, as_json: bool, device: Optional[str]) -> None:
+    """Loss of the model in RUN on DATA (files, directories or globs), with carried state."""
+    from . import corpus, load
+
+    model = load(run, _device(device))
+    files = corpus.resolve(list(data))
+    text = b"".join(p.read_bytes() for p in files)
+    r = model.evaluate(text, chunk=chunk_len, reset_every=reset_every)
+    if as_json:
+        click.echo(json.dumps(r))
+    else:
+        click.echo(
+            f"loss {r['loss']:.4f} nats/token | {r['bits_per_byte']:.4f} bits/byte | "
+            f"perplexity {r['perplexity']:.3f} | {r['tokens']:,} tokens"
+        )
+
+
+@main.command()
+@click.argument("run", type=str)
+def info(run: str) -> None:
+    """Config, size and training state of the model in RUN."""
+    from . import load
+
+    model = load(run, "cpu")
+    ts = model.trainer_state
+    cfg = ts["config"]
+    click.echo(f"checkpoint: {model.checkpoint}")
+    click.echo(f"parameters: {model.num_params:,}")
+    click.echo("model: " + ", ".join(f"{k}={v}" for k, v in cfg["model"].items()))
+    click.echo(f"tokenizer: {ts['tokenizer']['kind']}")
+    best = ts.get("best_val_loss")
+    click.echo(
+        f"trained: {ts['step']} steps, {ts['tokens']:,} tokens, {_fmt_time(ts['elapsed'])}"
+        + (f", best val loss {best:.4f} at step {ts['best_step']}" if best is not None else "")
+    )
+
+
+@main.command()
+def devices() -> None:
+    """List the devices this build can use and which `auto` picks."""
+    from . import _grufinity
+
+    name, reason = _grufinity.select_device("auto")
+    click.echo(f"auto -> {name}: {reason}")
+    for request in ("cpu", "cuda", "vulkan"):
+        try:
+            n, r = _grufinity.select_device(request)
+            click.echo(f"{request}: available ({r})")
+        except GrufinityError as e:
+            click.echo(f"{request}: unavailable ({e})")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
