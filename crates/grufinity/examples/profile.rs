@@ -1,0 +1,54 @@
+//! Rough timing of the pieces of a training step (not a benchmark: see benches/).
+use std::time::Instant;
+
+use burn::tensor::{Device, Distribution, Tensor};
+use grufinity::model::scan::{log_coeffs_and_values, scan_log, LOG_ZERO};
+use grufinity::model::{MinGruLm, ModelConfig, State};
+use grufinity::train::eval::token_tensor;
+
+fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
+    f();
+    let t = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    println!("{name:40} {:8.2} ms", t.elapsed().as_secs_f64() * 1e3 / n as f64);
+}
+
+fn main() {
+    let device = Device::flex();
+    let ad = device.clone().autodiff();
+    let (b, t, e) = (16, 128, 192);
+    let a = Tensor::<2>::random([512, 512], Distribution::Default, &device);
+    time("matmul 512^3", 10, || { let _ = a.clone().matmul(a.clone()).into_data(); });
+    let kh = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let kz = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let h0 = Tensor::<3>::full([b, 1, e], LOG_ZERO, &ad);
+    time("scan fwd", 5, || {
+        let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
+        let _ = scan_log(lc, lv, h0.clone()).sum().into_scalar::<f32>();
+    });
+    time("scan fwd+bwd", 5, || {
+        let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
+        let y = scan_log(lc, lv, h0.clone()).exp().sum();
+        let _ = y.backward();
+    });
+    let x = Tensor::<3>::random([b, t, 128], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let w = Tensor::<2>::random([128, 512], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    time("linear 128->512 fwd+bwd", 5, || {
+        let y = x.clone().matmul(w.clone().unsqueeze::<3>()).sum();
+        let _ = y.backward();
+    });
+    let cfg = ModelConfig { dim: 128, depth: 3, ..Default::default() };
+    let model = MinGruLm::new(&cfg, &ad).unwrap();
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
+    time("model fwd (no grad)", 3, || {
+        let m = burn::module::Module::valid(&model);
+        let (l, _) = m.loss(token_tensor(&tokens, b, t, &device), token_tensor(&tokens, b, t, &device), State::zeros(&cfg, b, &device));
+        let _ = l.into_scalar::<f32>();
+    });
+    time("model fwd+bwd", 3, || {
+        let (l, _) = model.loss(token_tensor(&tokens, b, t, &ad), token_tensor(&tokens, b, t, &ad), State::zeros(&cfg, b, &ad));
+        let _ = l.backward();
+    });
+}
