@@ -42,6 +42,26 @@ def default_run_name() -> str:
     return time.strftime("run-%Y%m%d-%H%M%S")
 
 
+def resume_checkpoint(config: TrainConfig) -> Optional[Path]:
+    """The checkpoint ``config.resume`` names: ``"auto"`` gives ``out_dir/name``'s last checkpoint
+    if there is one (else None: a fresh run), a path gives that run's last checkpoint or that
+    checkpoint itself."""
+    if not config.resume:
+        return None
+    if config.resume == "auto":
+        if not config.name:
+            raise ConfigError("config `resume`: `auto` needs a run --name to look for")
+        candidate = Path(config.out_dir) / config.name / "checkpoints" / "last"
+        return candidate if (candidate / "trainer.json").exists() else None
+    p = Path(config.resume)
+    if not p.exists():
+        raise DataNotFoundError(f"{p}: no such run or checkpoint to resume")
+    ckpt = p / "checkpoints" / "last" if (p / "checkpoints" / "last").exists() else p
+    if not (ckpt / "trainer.json").exists():
+        raise CheckpointError(f"{p} has no complete checkpoint to resume")
+    return ckpt
+
+
 def train(
     config: TrainConfig,
     on_event: Optional[Callable[[dict[str, Any]], Optional[bool]]] = None,
@@ -54,21 +74,8 @@ def train(
     ``config.resume``: ``"auto"`` continues ``out_dir/name`` if it has a checkpoint, a path
     continues that run or checkpoint.
     """
-    resume_path = None
     name = config.name or default_run_name()
-    if config.resume:
-        if config.resume == "auto":
-            if not config.name:
-                raise ConfigError("config `resume`: `auto` needs a run --name to look for")
-            candidate = Path(config.out_dir) / name / "checkpoints" / "last"
-            resume_path = candidate if candidate.exists() else None
-        else:
-            p = Path(config.resume)
-            if not p.exists():
-                raise DataNotFoundError(f"{p}: no such run or checkpoint to resume")
-            resume_path = p / "checkpoints" / "last" if (p / "checkpoints" / "last").exists() else p
-            if not (resume_path / "trainer.json").exists():
-                raise CheckpointError(f"{p} has no complete checkpoint to resume")
+    resume_path = resume_checkpoint(config)
     if resume_path is None:
         files = corpus.resolve(config.data) if config.data else corpus.default_corpus()
         description = corpus.describe(files) if config.data else corpus.DEFAULT_CORPUS_DESCRIPTION
@@ -135,6 +142,10 @@ class Model:
 
     def _sampling(self, **kw: Any) -> str:
         return json.dumps({k: v for k, v in kw.items() if v is not None})
+
+    def check_sampling(self, **kw: Any) -> None:
+        """Raises ConfigError if the sampling keywords (as :meth:`generate_bytes`) are invalid."""
+        _grufinity.Model.sample_logits([0.0, 0.0], self._sampling(**kw), [], 0)
 
     def generate_bytes(
         self,

@@ -141,6 +141,27 @@ class Progress:
             )
 
 
+#: Settings a resumed run keeps from its checkpoint unless given again.
+RESUME_INHERITS = ("eval_every", "eval_tokens", "save_every", "keep_last", "log_every", "sample_tokens")
+BUDGETS = ("max_steps", "max_tokens", "max_time", "epochs")
+
+
+def _inherit_from_resumed_run(cfg: config_mod.TrainConfig, explicit: set[str]) -> None:
+    """`--resume` alone continues with the run's own cadence and budget; flags given now win."""
+    from . import resume_checkpoint
+
+    ckpt = resume_checkpoint(cfg)
+    if ckpt is None:
+        return
+    saved = json.loads((ckpt / "trainer.json").read_text())["config"]
+    for key in RESUME_INHERITS:
+        if key not in explicit:
+            setattr(cfg, key, saved[key])
+    if not any(k in explicit for k in BUDGETS):
+        for key in BUDGETS:
+            setattr(cfg, key, saved[key])
+
+
 def _opt(name: str, type_: Any, help_: str, **kw: Any):
     return click.option(name, type=type_, default=None, help=help_, **kw)
 
@@ -220,12 +241,12 @@ def train(data: tuple[str, ...], config: Optional[str], quiet: bool, **flags: An
         overrides["data"] = list(data)
     if "device" not in overrides and os.environ.get("GRUFINITY_DEVICE"):
         overrides["device"] = os.environ["GRUFINITY_DEVICE"]
-    budgets = ("max_steps", "max_tokens", "max_time", "epochs")
+    budgets = BUDGETS
+    explicit = set(overrides) | (set(config_mod.load_toml(config)) if config else set())
     cfg = config_mod.build(overrides, config)
-    if any(k in overrides for k in budgets if k != "max_time") and "max_time" not in overrides:
-        file_has_time = config and "max_time" in config_mod.load_toml(config)
-        if not file_has_time:
-            cfg.max_time = None
+    if any(k in explicit for k in budgets if k != "max_time") and "max_time" not in explicit:
+        cfg.max_time = None  # the default time budget only applies when no other is given
+    _inherit_from_resumed_run(cfg, explicit)
     progress = Progress("none" if quiet else (cfg.progress if cfg.progress != "auto" else "auto"))
 
     terminated = {"sigterm": False}
@@ -291,6 +312,7 @@ def generate(run: str, prompt: Optional[str], prompt_file: Optional[str], device
     from . import load
 
     model = load(run, _device(device))
+    model.check_sampling(**sampling)  # before anything is printed
     if prompt_file:
         prompt = Path(prompt_file).read_text(encoding="utf-8", errors="replace")
     if prompt is None:

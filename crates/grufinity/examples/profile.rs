@@ -24,6 +24,38 @@ fn main() {
     let kh = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let kz = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let h0 = Tensor::<3>::full([b, 1, e], LOG_ZERO, &ad);
+    let plain_kh = kh.clone().inner();
+    let plain_kz = kz.clone().inner();
+    time("coeffs fwd (no autodiff)", 5, || {
+        let (lc, _lv) = log_coeffs_and_values(plain_kh.clone(), plain_kz.clone());
+        let _ = lc.sum().into_scalar::<f32>();
+    });
+    let (plc, plv) = log_coeffs_and_values(plain_kh.clone(), plain_kz.clone());
+    let ph0 = h0.clone().inner();
+    time("scan_log only (no autodiff)", 5, || {
+        let _ = scan_log(plc.clone(), plv.clone(), ph0.clone()).sum().into_scalar::<f32>();
+    });
+    time("add x1 (no autodiff)", 20, || {
+        let _ = (plc.clone() + plv.clone()).sum().into_scalar::<f32>();
+    });
+    time("narrow+add x1 (no autodiff)", 20, || {
+        let _ = (plc.clone().narrow(1, 0, 120) + plv.clone().narrow(1, 8, 120)).sum().into_scalar::<f32>();
+    });
+    time("cat x1 (no autodiff)", 20, || {
+        let _ = Tensor::cat(vec![plc.clone().narrow(1, 0, 8), plv.clone().narrow(1, 8, 120)], 1).sum().into_scalar::<f32>();
+    });
+    time("log_sigmoid x1 (no autodiff)", 20, || {
+        let _ = burn::tensor::activation::log_sigmoid(plc.clone()).sum().into_scalar::<f32>();
+    });
+    time("own log_sigmoid x1 (no autodiff)", 20, || {
+        let _ = grufinity::model::scan::log_sigmoid(plc.clone()).sum().into_scalar::<f32>();
+    });
+    time("exp x1 (no autodiff)", 20, || {
+        let _ = plc.clone().exp().sum().into_scalar::<f32>();
+    });
+    time("sum only", 20, || {
+        let _ = plc.clone().sum().into_scalar::<f32>();
+    });
     time("scan fwd", 5, || {
         let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
         let _ = scan_log(lc, lv, h0.clone()).sum().into_scalar::<f32>();

@@ -28,12 +28,20 @@
 //! The carried state is `log h` (not `log g(h)`), so a text processed in one call or in many
 //! chunks goes through the same numbers.
 
-use burn::tensor::activation::{log_sigmoid, relu};
+use burn::tensor::activation::relu;
 use burn::tensor::Tensor;
 
 /// `log h` of the all-zero state. Finite, so that arithmetic on it never produces NaN, and low
 /// enough that `exp` of it is exactly zero in f32 next to any real contribution.
 pub const LOG_ZERO: f32 = -1.0e4;
+
+/// `log(sigmoid(x)) = min(x, 0) - log1p(exp(-|x|))`, elementwise and stable for any `x`.
+///
+/// Composed from primitive ops rather than Burn's `log_sigmoid`, which is several times slower
+/// on the CPU backend (measured: 7.7 ms vs ~2 ms for 393k elements).
+pub fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone().clamp_max(0.0) - x.abs().neg().exp().log1p()
+}
 
 /// `log g(x)`, elementwise: `log(x + 0.5)` for `x >= 0`, `log_sigmoid(x)` for `x < 0`.
 ///
@@ -76,11 +84,11 @@ pub fn scan_log(log_coeff: Tensor<3>, log_value: Tensor<3>, log_h0: Tensor<3>) -
     logaddexp(a + log_h0, b)
 }
 
-/// `log(exp(p) + exp(q))`, elementwise, without overflow.
+/// `log(exp(p) + exp(q))`, elementwise, without overflow or cancellation:
+/// `max(p, q) + log1p(exp(-|p - q|))`.
 pub fn logaddexp<const D: usize>(p: Tensor<D>, q: Tensor<D>) -> Tensor<D> {
     let m = p.clone().max_pair(q.clone());
-    let d = (p - q).abs().neg();
-    m + d.exp().log1p()
+    m + (p - q).abs().neg().exp().log1p()
 }
 
 /// One step of the recurrence for every row: `log h_t = logaddexp(log_coeff + log h_{t-1}, log_value)`.
