@@ -5,7 +5,8 @@ use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
-use super::scan::{log_coeffs_and_values, scan_log, step_log};
+use super::fused;
+use super::scan::{log_coeffs_and_values, scan_log, step_log, LOG_ZERO};
 
 /// A minGRU layer of model width `D` and inner width `E`.
 #[derive(Module, Debug)]
@@ -52,10 +53,16 @@ impl MinGru {
 
     /// `x`: `[B, T, D]`, `log_h0`: `[B, 1, E]` → (`y`: `[B, T, D]`, last `log h`: `[B, 1, E]`).
     ///
-    /// `T == 1` takes the recurrent step (generation); longer inputs take the parallel scan.
+    /// On the CPU the recurrence runs as one fused kernel ([`fused`]). Elsewhere `T == 1` takes
+    /// the recurrent step (generation) and longer inputs the log-space parallel scan.
     pub fn forward(&self, x: Tensor<3>, log_h0: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let [_, t, _] = x.dims();
         let (k_h, k_z) = self.pre_activations(x);
+        if fused::supported(&k_h.device()) {
+            let h = fused::recurrence(k_h, k_z, log_h0.exp());
+            let last = h.clone().narrow(1, t - 1, 1).log().clamp_min(LOG_ZERO);
+            return (self.project_out(h), last);
+        }
         let (log_coeff, log_value) = log_coeffs_and_values(k_h, k_z);
         let log_h = if t == 1 {
             step_log(log_coeff, log_value, log_h0)

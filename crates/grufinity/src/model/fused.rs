@@ -1,0 +1,224 @@
+//! The minGRU recurrence as one fused CPU kernel, with its own backward pass.
+//!
+//! On the CPU the log-space parallel scan (a dozen tensor ops per doubling pass) is dominated by
+//! memory traffic and per-op overhead. Sequentially over time but vectorised over the batch and
+//! the channels, the recurrence is a handful of flops per element:
+//!
+//! ```text
+//! z_t = sigmoid(k_z)     g_t = g(k_h)     h_t = h_{t-1} + z_t (g_t - h_{t-1})
+//! ```
+//!
+//! It is exact in linear space (each `h_t` is a convex combination of positive numbers), so it
+//! needs no log-space tricks. The backward pass runs the recurrence in reverse:
+//!
+//! ```text
+//! a_t      = dL/dh_t + a_{t+1} (1 - z_{t+1})          (a_T+1 = 0)
+//! dL/dk_z  = a_t (g_t - h_{t-1}) z_t (1 - z_t)
+//! dL/dk_h  = a_t z_t g'(k_h)       g'(x) = 1 (x >= 0), sigmoid(x)(1 - sigmoid(x)) (x < 0)
+//! dL/dh_0  = a_1 (1 - z_1)
+//! ```
+//!
+//! It is a Burn backend extension for the Flex (CPU) backend and for Autodiff over it; other
+//! backends (GPUs) use the log-space scan of [`super::scan`].
+
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{backend_extension, AutodiffBackend, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata};
+use burn::tensor::{DType, Tensor, TensorData};
+use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::Autodiff;
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+/// Backend operations of the fused recurrence.
+#[backend_extension(Flex, Autodiff)]
+pub trait MinGruScanOps: Backend {
+    /// `k_h`, `k_z`: `[B, T, E]`, `h0`: `[B, 1, E]` → `h`: `[B, T, E]` (linear space).
+    fn mingru_recurrence(k_h: FloatTensor<Self>, k_z: FloatTensor<Self>, h0: FloatTensor<Self>) -> FloatTensor<Self>;
+
+    /// Gradients of [`MinGruScanOps::mingru_recurrence`]: given its inputs, its output `h` and
+    /// `dL/dh` (`[B, T, E]`), returns `(dL/dk_h, dL/dk_z, dL/dh0)`.
+    fn mingru_recurrence_backward(
+        k_h: FloatTensor<Self>,
+        k_z: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+}
+
+/// Whether `device` runs the fused kernel (the CPU backend, with or without autodiff).
+pub fn supported(device: &burn::tensor::Device) -> bool {
+    matches!(device.as_dispatch(), DispatchDevice::Flex(_)) || is_autodiff_over_flex(device)
+}
+
+fn is_autodiff_over_flex(device: &burn::tensor::Device) -> bool {
+    device.is_autodiff() && matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+/// `k_h`, `k_z`: `[B, T, E]`, `h0`: `[B, 1, E]` → `h`: `[B, T, E]`. Only on [`supported`] devices.
+pub fn recurrence(k_h: Tensor<3>, k_z: Tensor<3>, h0: Tensor<3>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as MinGruScanOps>::mingru_recurrence(
+        k_h.into_dispatch(),
+        k_z.into_dispatch(),
+        h0.into_dispatch(),
+    ))
+}
+
+// ---------------------------------------------------------------- CPU kernels
+
+fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+    assert_eq!(t.dtype(), DType::F32, "the fused minGRU scan runs in f32");
+    match t.as_slice::<f32>() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.to_contiguous().as_slice::<f32>().expect("contiguous f32").to_vec()),
+    }
+}
+
+fn flex(values: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+#[inline]
+fn g(x: f32) -> f32 {
+    if x >= 0.0 { x + 0.5 } else { sigmoid(x) }
+}
+
+#[inline]
+fn g_prime(x: f32) -> f32 {
+    if x >= 0.0 {
+        1.0
+    } else {
+        let s = sigmoid(x);
+        s * (1.0 - s)
+    }
+}
+
+fn dims3(t: &FlexTensor) -> [usize; 3] {
+    let s = t.shape();
+    [s[0], s[1], s[2]]
+}
+
+impl MinGruScanOps for Flex {
+    fn mingru_recurrence(k_h: FlexTensor, k_z: FlexTensor, h0: FlexTensor) -> FlexTensor {
+        let [b, t, e] = dims3(&k_h);
+        let (kh, kz, h0v) = (f32s(&k_h), f32s(&k_z), f32s(&h0));
+        let mut out = vec![0.0f32; b * t * e];
+        out.par_chunks_mut(t * e).enumerate().for_each(|(row, out)| {
+            let (kh, kz) = (&kh[row * t * e..(row + 1) * t * e], &kz[row * t * e..(row + 1) * t * e]);
+            let mut prev: Vec<f32> = h0v[row * e..(row + 1) * e].to_vec();
+            for step in 0..t {
+                let o = step * e;
+                for c in 0..e {
+                    let z = sigmoid(kz[o + c]);
+                    let h = prev[c] + z * (g(kh[o + c]) - prev[c]);
+                    out[o + c] = h;
+                    prev[c] = h;
+                }
+            }
+        });
+        flex(out, [b, t, e])
+    }
+
+    fn mingru_recurrence_backward(
+        k_h: FlexTensor,
+        k_z: FlexTensor,
+        h0: FlexTensor,
+        h: FlexTensor,
+        grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let [b, t, e] = dims3(&k_h);
+        let (kh, kz, h0v, hv, gv) = (f32s(&k_h), f32s(&k_z), f32s(&h0), f32s(&h), f32s(&grad));
+        let mut dkh = vec![0.0f32; b * t * e];
+        let mut dkz = vec![0.0f32; b * t * e];
+        let mut dh0 = vec![0.0f32; b * e];
+        dkh.par_chunks_mut(t * e)
+            .zip(dkz.par_chunks_mut(t * e))
+            .zip(dh0.par_chunks_mut(e))
+            .enumerate()
+            .for_each(|(row, ((dkh, dkz), dh0))| {
+                let base = row * t * e;
+                let mut carry = vec![0.0f32; e];
+                for step in (0..t).rev() {
+                    let o = step * e;
+                    for c in 0..e {
+                        let i = base + o + c;
+                        let z = sigmoid(kz[i]);
+                        let prev = if step == 0 { h0v[row * e + c] } else { hv[i - e] };
+                        let a = gv[i] + carry[c];
+                        dkz[o + c] = a * (g(kh[i]) - prev) * z * (1.0 - z);
+                        dkh[o + c] = a * z * g_prime(kh[i]);
+                        carry[c] = a * (1.0 - z);
+                    }
+                }
+                dh0.copy_from_slice(&carry);
+            });
+        (flex(dkh, [b, t, e]), flex(dkz, [b, t, e]), flex(dh0, [b, 1, e]))
+    }
+}
+
+// ---------------------------------------------------------------- autodiff
+
+impl<B: Backend + MinGruScanOps, C: CheckpointStrategy> MinGruScanOps for Autodiff<B, C> {
+    fn mingru_recurrence(
+        k_h: FloatTensor<Self>,
+        k_z: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Recurrence;
+
+        impl<B: Backend + MinGruScanOps> Backward<B, 3> for Recurrence {
+            type State = (
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+                B::FloatTensorPrimitive,
+            );
+
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (k_h, k_z, h0, h) = ops.state;
+                let [node_kh, node_kz, node_h0] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (dkh, dkz, dh0) = B::mingru_recurrence_backward(k_h, k_z, h0, h, grad);
+                for (node, g) in [(node_kh, dkh), (node_kz, dkz), (node_h0, dh0)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let guards = [k_h.node(), k_z.node(), h0.node()];
+        let (kh, kz, h0) = (k_h.into_primitive(), k_z.into_primitive(), h0.into_primitive());
+        let h = B::mingru_recurrence(kh.clone(), kz.clone(), h0.clone());
+        match Recurrence.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((kh, kz, h0, h.clone()), h),
+            OpsKind::UnTracked(prep) => prep.finish(h),
+        }
+    }
+
+    fn mingru_recurrence_backward(
+        k_h: FloatTensor<Self>,
+        k_z: FloatTensor<Self>,
+        h0: FloatTensor<Self>,
+        h: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // Gradients of gradients are not needed: compute on the inner backend, untracked.
+        let (a, b, c) = B::mingru_recurrence_backward(
+            k_h.into_primitive(),
+            k_z.into_primitive(),
+            h0.into_primitive(),
+            h.into_primitive(),
+            grad.into_primitive(),
+        );
+        (Self::from_inner(a), Self::from_inner(b), Self::from_inner(c))
+    }
+}
