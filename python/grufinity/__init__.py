@@ -93,14 +93,29 @@ def train(
 
 
 class State:
-    """Recurrent state of a model (for one or several rows). Pass it back to continue."""
+    """Recurrent state of a model (for one or several rows). Pass it back to continue.
 
-    def __init__(self, inner: Any) -> None:
+    After a generation, ``finish`` says why it ended: ``"length"``, ``"eos"``, ``"stop"`` or
+    ``"cancelled"`` (None for states that did not come from a generation). Save one with
+    :meth:`Model.save_state` and restore it with :meth:`Model.load_state`.
+    """
+
+    def __init__(self, inner: Any, finish: Optional[str] = None) -> None:
         self._inner = inner
+        self.finish = finish
 
     @property
     def batch(self) -> int:
         return self._inner.batch
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens this state has consumed (prompt and generated) since it was initial."""
+        return self._inner.tokens_seen
+
+
+#: Integer sampling keywords and the smallest value each accepts.
+_SAMPLING_INTS = {"max_new_tokens": 0, "min_new_tokens": 0, "top_k": 0, "no_repeat_ngram_size": 0, "beams": 1, "seed": 0}
 
 
 class Model:
@@ -141,11 +156,29 @@ class Model:
         return logits, State(st)
 
     def _sampling(self, **kw: Any) -> str:
-        return json.dumps({k: v for k, v in kw.items() if v is not None})
+        values = {k: v for k, v in kw.items() if v is not None}
+        for key, low in _SAMPLING_INTS.items():
+            v = values.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+                raise ConfigError(f"invalid config `{key}`: must be an integer >= {low}")
+        stop = values.get("stop")
+        if isinstance(stop, (str, bytes)):
+            stop = [stop]
+        if stop is not None:
+            values["stop"] = [s.decode("utf-8", errors="replace") if isinstance(s, bytes) else str(s) for s in stop]
+        return json.dumps(values)
 
     def check_sampling(self, **kw: Any) -> None:
         """Raises ConfigError if the sampling keywords (as :meth:`generate_bytes`) are invalid."""
-        _grufinity.Model.sample_logits([0.0, 0.0], self._sampling(**kw), [], 0)
+        _grufinity.Model.sample_logits([0.0] * self.vocab_size, self._sampling(**kw), [], 0)
+
+    def save_state(self, state: State) -> bytes:
+        """``state`` as bytes (safetensors tagged with this model's config) to continue later."""
+        return bytes(self._inner.state_to_bytes(state._inner))
+
+    def load_state(self, data: bytes) -> State:
+        """A state saved by :meth:`save_state`; DataError unless saved by a model of this config."""
+        return State(self._inner.state_from_bytes(bytes(data)))
 
     def generate_bytes(
         self,
@@ -157,20 +190,52 @@ class Model:
         top_p: float = 1.0,
         min_p: float = 0.0,
         repetition_penalty: float = 1.0,
+        no_repeat_ngram_size: int = 0,
+        min_new_tokens: int = 0,
+        stop: str | list[str] | None = None,
+        eos: Optional[int] = None,
+        beams: int = 1,
+        length_penalty: float = 0.0,
         seed: int = 0,
         state: Optional[State] = None,
         on_piece: Optional[Callable[[bytes], Optional[bool]]] = None,
     ) -> tuple[bytes, State]:
-        """Generates after ``prompt`` (continuing ``state`` if given); returns the new bytes and
-        the state after them."""
+        """Generates after ``prompt`` (continuing ``state`` if given: the prompt is fed after it,
+        and with the same ``seed`` the sampler continues, so generating in pieces equals
+        generating at once). Returns the new bytes and the state after them.
+
+        ``stop``: a string or list of strings; generation ends when the output ends with one,
+        which is left out of the result (the state has consumed it). ``eos``: end-of-sequence
+        token id (the byte tokenizer has none). ``min_new_tokens``: tokens before ``eos`` or a
+        stop string may end it. ``no_repeat_ngram_size``: never repeat an n-gram of that many
+        tokens. ``beams`` > 1: deterministic beam search (temperature, top-k/p, min-p and seed do
+        not apply), scored by the summed log-probability / length**``length_penalty``.
+        ``on_piece(bytes)`` sees the output as it is produced; returning False stops.
+        """
         data = prompt.encode() if isinstance(prompt, str) else bytes(prompt)
         sampling = self._sampling(
             max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-            min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+            min_p=min_p, repetition_penalty=repetition_penalty, no_repeat_ngram_size=no_repeat_ngram_size,
+            min_new_tokens=min_new_tokens, stop=stop, eos=eos, beams=beams, length_penalty=length_penalty,
+            seed=seed,
         )
         cb = None if on_piece is None else (lambda b: on_piece(bytes(b)))
-        out, st = self._inner.generate(data, sampling, state._inner if state else None, cb)
-        return bytes(out), State(st)
+        out, st, finish = self._inner.generate(data, sampling, state._inner if state else None, cb)
+        return bytes(out), State(st, finish)
+
+    def generate_batch(self, prompts: list[str | bytes], **kw: Any) -> list[str]:
+        """Generated text after each of ``prompts`` (not including them), computed together: one
+        forward per step for all rows. Item ``i`` equals ``generate(prompts[i], **kw)``.
+        Keywords as :meth:`generate_bytes` (without ``state`` and ``on_piece``)."""
+        if isinstance(prompts, (str, bytes)):
+            raise ConfigError("invalid config `prompts`: expected a list of prompts, not one string")
+        unknown = set(kw) - set(_GENERATE_KEYWORDS)
+        if unknown:
+            raise TypeError(f"generate_batch() got unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+        data = [p.encode() if isinstance(p, str) else bytes(p) for p in prompts]
+        sampling = self._sampling(**{**_GENERATE_KEYWORDS, **kw})
+        outs = self._inner.generate_batch(data, sampling)
+        return [bytes(o).decode("utf-8", errors="replace") for o in outs]
 
     def generate(self, prompt: str | bytes = b"", **kw: Any) -> str:
         """Generated text after ``prompt`` (not including it). Keywords as :meth:`generate_bytes`."""
@@ -206,10 +271,55 @@ class Model:
         if tail:
             yield tail
 
+    def parameters(self) -> dict[str, np.ndarray]:
+        """Every parameter by name (``blocks.0.mingru.to_hz.weight`` ...) as a float32 array."""
+        return dict(self._inner.parameters())
+
+    def tensor_stats(self) -> list[dict[str, Any]]:
+        """Per parameter tensor: name, shape, size, mean, std, min, max (sorted by name)."""
+        out = []
+        for name, arr in sorted(self.parameters().items()):
+            a = arr.astype(np.float64)
+            empty = a.size == 0
+            out.append({
+                "name": name,
+                "shape": list(arr.shape),
+                "size": int(a.size),
+                "mean": float(a.mean()) if not empty else 0.0,
+                "std": float(a.std()) if not empty else 0.0,
+                "min": float(a.min()) if not empty else 0.0,
+                "max": float(a.max()) if not empty else 0.0,
+            })
+        return out
+
+    def module_params(self) -> dict[str, int]:
+        """Parameter count per top-level module (``embedding``, ``blocks.0``, ..., ``norm``,
+        ``head``), in model order."""
+        counts: dict[str, int] = {}
+        for name, arr in self.parameters().items():
+            parts = name.split(".")
+            key = ".".join(parts[:2]) if parts[0] == "blocks" and len(parts) > 2 else parts[0]
+            counts[key] = counts.get(key, 0) + int(arr.size)
+
+        def order(key: str) -> tuple[int, int, str]:
+            first = key.split(".")[0]
+            rank = {"embedding": 0, "blocks": 1, "norm": 2, "head": 3}.get(first, 4)
+            index = int(key.split(".")[1]) if first == "blocks" and key.split(".")[1].isdigit() else 0
+            return (rank, index, key)
+
+        return {k: counts[k] for k in sorted(counts, key=order)}
+
     def evaluate(self, text: str | bytes, *, rows: int = 1, chunk: int = 256, reset_every: int = 0) -> dict[str, Any]:
         """Loss on ``text`` with the state carried throughout: nats/token, bits per byte, perplexity."""
         data = text.encode() if isinstance(text, str) else bytes(text)
         return json.loads(self._inner.evaluate(data, rows, chunk, reset_every))
+
+
+#: The keywords of :meth:`Model.generate_batch` and their defaults (as :meth:`Model.generate_bytes`).
+_GENERATE_KEYWORDS: dict[str, Any] = dict(
+    max_new_tokens=256, temperature=0.8, top_k=0, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
+    no_repeat_ngram_size=0, min_new_tokens=0, stop=None, eos=None, beams=1, length_penalty=0.0, seed=0,
+)
 
 
 def load(path: str | Path, device: str = "auto") -> Model:

@@ -4,12 +4,12 @@
 use std::path::PathBuf;
 
 use burn::tensor::{Int, Tensor, TensorData};
-use numpy::{IntoPyArray, PyArray3, PyReadonlyArray2};
+use numpy::{IntoPyArray, PyArray3, PyArrayDyn, PyReadonlyArray2};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 use grufinity::data::Tokenizer;
-use grufinity::generate::{sample, Rng, SamplingConfig};
+use grufinity::generate::{run_batch, sample, Decoder, DecoderState, Rng, SamplingConfig};
 use grufinity::model::State;
 use grufinity::train::{train as train_run, TrainConfig};
 use grufinity::Error;
@@ -83,12 +83,12 @@ struct Model {
     inner: grufinity::load::Loaded,
 }
 
-/// Recurrent state of a model for a batch of rows, opaque to Python.
+/// Recurrent state of a model for a batch of rows (with, for one row, what generation needs
+/// to continue: last logits, history, sampler), opaque to Python.
 #[pyclass(module = "grufinity._grufinity")]
 #[derive(Clone)]
 struct ModelState {
-    state: State,
-    last_logits: Option<Vec<f32>>,
+    inner: DecoderState,
 }
 
 #[pymethods]
@@ -96,8 +96,19 @@ impl ModelState {
     /// Number of rows.
     #[getter]
     fn batch(&self) -> usize {
-        self.state.batch()
+        self.inner.state.batch()
     }
+
+    /// Number of tokens consumed so far (one-row states).
+    #[getter]
+    fn tokens_seen(&self) -> usize {
+        self.inner.history.len()
+    }
+}
+
+/// Python's truth value of a callback's result: only an explicit False means "stop".
+fn is_false(py: Python<'_>, value: &Py<PyAny>) -> bool {
+    value.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned())
 }
 
 #[pymethods]
@@ -150,7 +161,33 @@ impl Model {
     /// The initial state for `batch` rows.
     #[pyo3(signature = (batch=1))]
     fn initial_state(&self, batch: usize) -> ModelState {
-        ModelState { state: State::zeros(&self.inner.trainer.config.model, batch, &self.inner.device), last_logits: None }
+        ModelState { inner: DecoderState::initial(&self.inner.trainer.config.model, batch, &self.inner.device) }
+    }
+
+    /// A state as bytes (safetensors, tagged with this model's config), to continue later.
+    fn state_to_bytes<'py>(&self, py: Python<'py>, state: &ModelState) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+        let bytes = state.inner.to_bytes(&self.inner.trainer.config.model).map_err(|e| to_py(py, e))?;
+        Ok(pyo3::types::PyBytes::new(py, &bytes))
+    }
+
+    /// A state back from [`state_to_bytes`]; fails (DataError) unless it was saved by a model
+    /// of the same config.
+    fn state_from_bytes(&self, py: Python<'_>, data: &[u8]) -> PyResult<ModelState> {
+        let inner = DecoderState::from_bytes(data, &self.inner.trainer.config.model, &self.inner.device)
+            .map_err(|e| to_py(py, e))?;
+        Ok(ModelState { inner })
+    }
+
+    /// Every parameter by name (`blocks.0.mingru...`) as a float32 array of its shape.
+    fn parameters<'py>(&self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyArrayDyn<f32>>)>> {
+        let mut out = Vec::new();
+        for (name, flat) in grufinity::train::params::named_params(&self.inner.model) {
+            let values = flat.value.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
+            let array = numpy::ndarray::ArrayD::from_shape_vec(numpy::ndarray::IxDyn(&flat.shape), values)
+                .map_err(|e| to_py(py, Error::Data(format!("parameter `{name}`: {e}"))))?;
+            out.push((name, array.into_pyarray(py)));
+        }
+        Ok(out)
     }
 
     /// `tokens`: int array `[B, T]` → (`logits`: float32 `[B, T, V]`, state after the last token).
@@ -171,10 +208,10 @@ impl Model {
             return Err(to_py(py, Error::config("tokens", format!("token id {bad} is outside the vocabulary [0, {vocab})"))));
         }
         let start = match state {
-            Some(s) if s.state.batch() != b => {
-                return Err(to_py(py, Error::config("state", format!("has {} rows but tokens has {b}", s.state.batch()))))
+            Some(s) if s.inner.state.batch() != b => {
+                return Err(to_py(py, Error::config("state", format!("has {} rows but tokens has {b}", s.inner.state.batch()))))
             }
-            Some(s) => s.state.clone(),
+            Some(s) => s.inner.state.clone(),
             None => State::zeros(&self.inner.trainer.config.model, b, &self.inner.device),
         };
         let ids: Vec<i64> = arr.iter().copied().collect();
@@ -189,13 +226,23 @@ impl Model {
         let array = numpy::ndarray::Array3::from_shape_vec((b, t, v), logits)
             .map_err(|e| to_py(py, Error::Data(e.to_string())))?
             .into_pyarray(py);
-        Ok((array, ModelState { state: next, last_logits: (b == 1).then_some(last) }))
+        let (mut history, sampler) = match state {
+            Some(s) if b == 1 => (s.inner.history.clone(), s.inner.sampler.clone()),
+            _ => (Vec::new(), None),
+        };
+        if b == 1 {
+            history.extend(arr.iter().map(|&x| x as u32));
+        }
+        let inner = DecoderState { state: next, last_logits: (b == 1).then_some(last), history, sampler };
+        Ok((array, ModelState { inner }))
     }
 
     /// Generates from `prompt` (bytes). `sampling_json` is a `SamplingConfig`. `state` continues
-    /// an earlier generation (the prompt is then fed after it). `on_piece(bytes) -> bool | None`
-    /// is called with each token's bytes as it is produced; returning False stops. Returns
-    /// (generated bytes, state after them).
+    /// an earlier generation (the prompt is then fed after it; with the same seed the sampler
+    /// continues too). `on_piece(bytes) -> bool | None` is called with the output as it is
+    /// produced (held back while it might begin a stop string); returning False stops. Returns
+    /// (generated bytes without a stop string, state after every generated token, why it
+    /// ended: length, eos, stop or cancelled).
     #[pyo3(signature = (prompt, sampling_json, state=None, on_piece=None))]
     fn generate(
         &self,
@@ -204,37 +251,33 @@ impl Model {
         sampling_json: &str,
         state: Option<&ModelState>,
         on_piece: Option<Py<PyAny>>,
-    ) -> PyResult<(Vec<u8>, ModelState)> {
+    ) -> PyResult<(Vec<u8>, ModelState, String)> {
         let cfg: SamplingConfig = serde_json::from_str(sampling_json).map_err(|e| json_err(py, "sampling", e))?;
-        cfg.validate().map_err(|e| to_py(py, e))?;
-        let model_cfg = &self.inner.trainer.config.model;
-        let mut st = match state {
-            Some(s) if s.state.batch() != 1 => return Err(to_py(py, Error::config("state", "generation takes a one-row state"))),
-            Some(s) => s.clone(),
-            None => self.initial_state(1),
+        cfg.validate_for(self.inner.trainer.config.model.vocab_size).map_err(|e| to_py(py, e))?;
+        let start = match state {
+            Some(s) if s.inner.state.batch() != 1 => {
+                return Err(to_py(py, Error::config("state", "generation takes a one-row state")))
+            }
+            Some(s) => s.inner.clone(),
+            None => self.initial_state(1).inner,
         };
         let tokens = self.inner.tokenizer.encode(prompt);
-        let tokenizer: &Tokenizer = &self.inner.tokenizer;
         let mut pending: Option<PyErr> = None;
-        let generated = py.detach(|| {
-            let mut dec = grufinity::generate::Decoder {
-                model: &self.inner.model,
-                config: model_cfg,
-                device: self.inner.device.clone(),
-                state: st.state.clone(),
-                last_logits: st.last_logits.clone(),
-            };
+        let (result, after) = py.detach(|| {
+            let mut dec = Decoder::from_state(&self.inner.model, &self.inner.trainer.config.model, &self.inner.device, start);
             dec.feed(&tokens);
-            let out = dec.generate(&cfg, &tokens, &mut |tok| {
+            let result = dec.run(&cfg, &self.inner.tokenizer, &mut |piece| {
                 Python::attach(|py| {
                     if let Err(e) = py.check_signals() {
                         pending.get_or_insert(e);
                         return false;
                     }
                     let Some(cb) = &on_piece else { return true };
-                    let piece = pyo3::types::PyBytes::new(py, &tokenizer.decode(&[tok]));
-                    match cb.call1(py, (piece,)) {
-                        Ok(r) => !r.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned()),
+                    if piece.is_empty() {
+                        return true;
+                    }
+                    match cb.call1(py, (pyo3::types::PyBytes::new(py, piece),)) {
+                        Ok(r) => !is_false(py, &r),
                         Err(e) => {
                             pending.get_or_insert(e);
                             false
@@ -242,13 +285,48 @@ impl Model {
                     }
                 })
             });
-            st = ModelState { state: dec.state, last_logits: dec.last_logits };
-            out
+            (result, dec.into_state())
         });
         if let Some(e) = pending {
             return Err(e);
         }
-        Ok((self.inner.tokenizer.decode(&generated), st))
+        let g = result.map_err(|e| to_py(py, e))?;
+        let finish = serde_json::to_value(g.finish).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        Ok((g.text, ModelState { inner: after }, finish))
+    }
+
+    /// Generates after each of `prompts` (bytes) at once: every prompt is prefilled on its own,
+    /// then all rows share one forward per step. Row `i` gives exactly what `generate` gives for
+    /// `prompts[i]` alone. Returns the generated bytes of each prompt.
+    #[pyo3(signature = (prompts, sampling_json))]
+    fn generate_batch(&self, py: Python<'_>, prompts: Vec<Vec<u8>>, sampling_json: &str) -> PyResult<Vec<Vec<u8>>> {
+        let cfg: SamplingConfig = serde_json::from_str(sampling_json).map_err(|e| json_err(py, "sampling", e))?;
+        let model_cfg = &self.inner.trainer.config.model;
+        cfg.validate_for(model_cfg.vocab_size).map_err(|e| to_py(py, e))?;
+        let encoded: Vec<Vec<u32>> = prompts.iter().map(|p| self.inner.tokenizer.encode(p)).collect();
+        let mut pending: Option<PyErr> = None;
+        let result = py.detach(|| {
+            let mut decoders: Vec<Decoder> = Vec::with_capacity(encoded.len());
+            for tokens in &encoded {
+                let mut dec = Decoder::new(&self.inner.model, model_cfg, &self.inner.device);
+                dec.feed(tokens);
+                decoders.push(dec);
+            }
+            run_batch(&mut decoders, &cfg, &self.inner.tokenizer, &mut || {
+                Python::attach(|py| match py.check_signals() {
+                    Ok(()) => true,
+                    Err(e) => {
+                        pending.get_or_insert(e);
+                        false
+                    }
+                })
+            })
+        });
+        if let Some(e) = pending {
+            return Err(e);
+        }
+        let out = result.map_err(|e| to_py(py, e))?;
+        Ok(out.into_iter().map(|g| g.text).collect())
     }
 
     /// Loss of the model on `data` (bytes) with carried state: JSON with loss (nats/token),
@@ -285,7 +363,7 @@ impl Model {
     #[pyo3(signature = (logits, sampling_json, history=vec![], seed=0))]
     fn sample_logits(py: Python<'_>, logits: Vec<f32>, sampling_json: &str, history: Vec<u32>, seed: u64) -> PyResult<u32> {
         let cfg: SamplingConfig = serde_json::from_str(sampling_json).map_err(|e| json_err(py, "sampling", e))?;
-        cfg.validate().map_err(|e| to_py(py, e))?;
+        cfg.validate_for(logits.len()).map_err(|e| to_py(py, e))?;
         Ok(sample(&logits, &cfg, &history, &mut Rng::new(seed)))
     }
 }

@@ -4,6 +4,7 @@ use burn::tensor::{Bool, Device, Tensor};
 
 use super::config::ModelConfig;
 use super::scan::LOG_ZERO;
+use crate::error::{Error, Result};
 
 /// State of one block.
 #[derive(Clone, Debug)]
@@ -95,6 +96,45 @@ impl State {
                 })
                 .collect(),
         }
+    }
+
+    /// Concatenates the rows of `states`, in order, into one state: `[B_i, ..]` each →
+    /// `[sum B_i, ..]`. Used to decode prompts of different lengths together: each prompt is
+    /// prefilled on its own one-row state, then the rows share one forward per step. Fails if
+    /// `states` is empty or the states are of different model shapes.
+    pub fn stack(states: Vec<State>) -> Result<Self> {
+        let mismatch = || Error::config("state", "cannot stack states of different model shapes");
+        let Some(first) = states.first() else {
+            return Err(Error::config("state", "need at least one state to stack"));
+        };
+        let depth = first.layers.len();
+        let shape = |l: &LayerState| (l.log_h.dims()[1..].to_vec(), l.conv.as_ref().map(|c| c.dims()[1..].to_vec()));
+        let shapes: Vec<_> = first.layers.iter().map(shape).collect();
+        for s in &states {
+            if s.layers.len() != depth || s.layers.iter().map(shape).ne(shapes.iter().cloned()) {
+                return Err(mismatch());
+            }
+        }
+        if states.len() == 1 {
+            return Ok(states.into_iter().next().unwrap_or(State { layers: vec![] }));
+        }
+        let mut log_h: Vec<Vec<Tensor<3>>> = vec![Vec::with_capacity(states.len()); depth];
+        let mut conv: Vec<Vec<Tensor<3>>> = vec![Vec::with_capacity(states.len()); depth];
+        for s in states {
+            for (i, l) in s.layers.into_iter().enumerate() {
+                log_h[i].push(l.log_h);
+                conv[i].extend(l.conv);
+            }
+        }
+        let layers = log_h
+            .into_iter()
+            .zip(conv)
+            .map(|(h, c)| LayerState {
+                log_h: Tensor::cat(h, 0),
+                conv: (!c.is_empty()).then(|| Tensor::cat(c, 0)),
+            })
+            .collect();
+        Ok(Self { layers })
     }
 
     /// Selects rows `rows` (in that order) of every tensor: `[B, ..] -> [rows.len(), ..]`.
