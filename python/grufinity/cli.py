@@ -91,6 +91,11 @@ class Progress:
             return
         if self.mode == "none":
             return
+        if kind == "data":  # live, for a large corpus
+            self.data_live = True
+            if e["message"]:
+                self._line(f"data: {e['message']}")
+            return
         if kind == "start":
             self.total, self.max_time = e["total_steps"], e["max_time"]
             budget = []
@@ -102,6 +107,9 @@ class Progress:
             self._line(f"run: {e['run_dir']} ({where})")
             if e["data"]:
                 self._line(f"data: {e['data']}")
+            if not getattr(self, "data_live", False):
+                for message in e.get("data_log") or []:
+                    self._line(f"data: {message}")
             self._line(
                 f"model: {e['params']:,} parameters | train {e['train_tokens']:,} tokens, "
                 f"val {e['val_tokens']:,} | device: {e['device_reason']} | budget: {' or '.join(budget) or 'none'}"
@@ -182,7 +190,13 @@ TRAIN_OPTIONS = [
     _opt("--conv-kernel", int, "Causal depthwise conv taps before each minGRU, 0 = off.  [default: 0]"),
     _opt("--tie-embeddings/--no-tie-embeddings", bool, "Share embedding and output head weights."),
     _opt("--dropout", float, "Dropout probability.  [default: 0]"),
-    _opt("--tokenizer", click.Choice(["byte"]), "Tokenizer.  [default: byte]"),
+    _opt("--tokenizer", str, "byte, char (vocabulary from the corpus), bpe (byte-level BPE trained on the corpus), "
+         "or a tokenizer.json / run directory to reuse.  [default: byte]"),
+    _opt("--vocab-size", int, "Vocabulary size of a bpe tokenizer trained on the corpus.  [default: 4096]"),
+    _opt("--doc-separator/--no-doc-separator", bool, "Insert a separator token between corpus files (documents)."),
+    _opt("--reset-at-doc/--no-reset-at-doc", bool, "Reset a stream's carried state after it crosses a document boundary "
+         "(needs --doc-separator)."),
+    _opt("--cache-dir", str, "Token cache directory; or set GRUFINITY_CACHE.  [default: ~/.cache/grufinity/tokens]"),
     _opt("--batch-size", int, "Parallel streams (rows) per step.  [default: 16]"),
     _opt("--chunk-len", int, "Tokens per stream per step (TBPTT length).  [default: 128]"),
     _opt("--val-fraction", float, "Tail of the corpus held out for validation.  [default: 0.1]"),
@@ -288,6 +302,74 @@ def train(data: tuple[str, ...], config: Optional[str], quiet: bool, **flags: An
 
 
 train.help = train.help.replace("{default}", DEFAULT_CORPUS_DESCRIPTION)
+
+
+# ---------------------------------------------------------------- data
+
+@main.group()
+def data() -> None:
+    """Inspect corpora: tokenizers, token caches, statistics."""
+
+
+@data.command("stats")
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--tokenizer", default="byte", show_default=True,
+              help="byte, char, bpe, or a tokenizer.json / run directory.")
+@click.option("--vocab-size", type=click.IntRange(min=1), default=None, help="Vocabulary size of a bpe tokenizer trained on PATHS.  [default: 4096]")
+@click.option("--doc-separator", is_flag=True, help="Insert a separator token between files.")
+@click.option("--cache-dir", default=None, help="Token cache directory; or set GRUFINITY_CACHE.")
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most frequent tokens to list.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def data_stats(paths: tuple[str, ...], tokenizer: str, vocab_size: Optional[int], doc_separator: bool,
+               cache_dir: Optional[str], top: int, as_json: bool) -> None:
+    """Bytes, tokens, vocabulary usage, most frequent tokens and line lengths of PATHS (files,
+    directories or globs). Encodes through the token cache, so a later `train` reuses it."""
+    from . import _grufinity, corpus
+
+    files = corpus.resolve(list(paths))
+    options = {
+        "tokenizer": str(Path(tokenizer).expanduser()) if tokenizer.startswith("~") else tokenizer,
+        "vocab_size": vocab_size,
+        "doc_separator": doc_separator,
+        "cache_dir": str(Path(cache_dir).expanduser()) if cache_dir else None,
+    }
+
+    def on_event(event_json: str) -> bool:
+        message = json.loads(event_json)["message"]
+        if message and not as_json:
+            click.echo(f"data: {message}", err=True)
+        return True
+
+    s = json.loads(_grufinity.data_stats([str(f) for f in files], json.dumps(options), top, on_event))
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    lines = s["lines"]
+    click.echo(f"files: {s['files']:,}  bytes: {s['bytes']:,}")
+    click.echo(
+        f"tokens: {s['tokens']:,} ({s['tokenizer']}, {s['bytes_per_token']:.3f} bytes/token)"
+        + (f", {s['unknown']:,} unknown characters" if s["unknown"] else "")
+    )
+    click.echo(
+        f"vocabulary: {s['used_tokens']:,} of {s['vocab_size']:,} token ids used "
+        f"({100 * s['used_tokens'] / max(s['vocab_size'], 1):.1f}%)"
+    )
+    click.echo(
+        f"lines: {lines['count']:,}, bytes per line: mean {lines['mean']:.1f}, min {lines['min']}, "
+        f"median {lines['p50']}, p90 {lines['p90']}, p99 {lines['p99']}, max {lines['max']}"
+    )
+    width = max((len(f"{upper:,}") for upper, _ in lines["histogram"]), default=1)
+    peak = max((n for _, n in lines["histogram"]), default=1)
+    lower = 0
+    for upper, n in lines["histogram"]:
+        label = f"{lower:,}" if lower == upper else f"{lower:,}-{upper:,}"
+        click.echo(f"  {label:>{2 * width + 1}} | {'#' * max(1, round(30 * n / peak))} {n:,}")
+        lower = upper + 1
+    if s["top"]:
+        click.echo("most frequent tokens:")
+        for i, t in enumerate(s["top"], 1):
+            click.echo(f"  {i:>3}. {t['text']!r:<20} id {t['id']:<6} {t['count']:>12,}  {100 * t['fraction']:.2f}%")
+    click.echo(f"tokens cached at {s['store']['path']}")
 
 
 # ---------------------------------------------------------------- generate

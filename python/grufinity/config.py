@@ -41,7 +41,11 @@ class TrainConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0
     tokenizer: str = "byte"
+    vocab_size: Optional[int] = None
     # data
+    doc_separator: bool = False
+    reset_at_doc: bool = False
+    cache_dir: Optional[str] = None
     batch_size: int = 16
     chunk_len: int = 128
     val_fraction: float = 0.1
@@ -84,6 +88,10 @@ class TrainConfig:
         if budget is not None:
             model = json.loads(_grufinity.size_model(json.dumps(model), str(budget)))
         d["model"] = model
+        # Paths the user typed may start with ~; the core takes them literally.
+        for key in ("cache_dir", "tokenizer"):
+            if d.get(key) and str(d[key]).startswith("~"):
+                d[key] = str(Path(d[key]).expanduser())
         d["data"] = [str(p) for p in data_files]
         d["data_description"] = data_description
         d["name"] = name

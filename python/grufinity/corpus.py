@@ -60,19 +60,23 @@ def resolve(paths: list[str] | tuple[str, ...]) -> list[Path]:
             matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(arg), recursive=True))
             files = [m for m in matches if m.is_file()]
             if not files:
-                raise DataNotFoundError(f"{arg}: the pattern matches no files")
+                raise DataNotFoundError(f"{arg}: the pattern matches no files; check the pattern (quote it so the shell leaves it alone)")
             out.extend(files)
             continue
         p = Path(os.path.expanduser(arg))
         if not p.exists():
-            raise DataNotFoundError(f"{arg}: no such file or directory")
+            raise DataNotFoundError(f"{arg}: no such file or directory; give an existing file, directory or glob")
         if p.is_dir():
             files = sorted(
                 f for f in p.rglob("*")
                 if f.is_file() and not any(part.startswith(".") for part in f.relative_to(p).parts)
+                and _readable(f)
             )
             if not files:
-                raise DataError(f"{arg}: the directory has no files to train on")
+                raise DataError(
+                    f"{arg}: the directory has no readable, non-empty files to train on "
+                    "(hidden files are skipped); give a directory with text files in it"
+                )
             out.extend(files)
         else:
             out.append(p)
@@ -80,6 +84,14 @@ def resolve(paths: list[str] | tuple[str, ...]) -> list[Path]:
     if empty and len(empty) == len(out):
         raise DataError(f"{out[0]}: the corpus is empty (0 bytes); give a file with some text")
     return [p for p in out if p.stat().st_size > 0]
+
+
+def _readable(path: Path) -> bool:
+    """True for a non-empty file this process can read."""
+    try:
+        return path.stat().st_size > 0 and os.access(path, os.R_OK)
+    except OSError:
+        return False
 
 
 def describe(paths: list[Path]) -> str:

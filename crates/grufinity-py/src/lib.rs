@@ -64,7 +64,16 @@ fn train(py: Python<'_>, config_json: &str, resume: Option<PathBuf>, callback: O
             })
         })
     });
-    let outcome = result.map_err(|e| to_py(py, e))?;
+    let outcome = match (result, pending.take()) {
+        // Stopped before a checkpoint existed (e.g. Ctrl-C while encoding): the interruption
+        // is the news, not the error it caused.
+        (Err(_), Some(e)) => return Err(e),
+        (Err(e), None) => return Err(to_py(py, e)),
+        (Ok(o), p) => {
+            pending = p;
+            o
+        }
+    };
     let json = serde_json::to_string(&outcome).unwrap_or_default();
     if let Some(e) = pending {
         // The checkpoint is written; hand the interruption back with where it is.
@@ -373,8 +382,11 @@ impl Model {
 #[pyfunction]
 fn resolve_config(py: Python<'_>, config_json: &str) -> PyResult<String> {
     let mut config: TrainConfig = serde_json::from_str(config_json).map_err(|e| json_err(py, "config", e))?;
-    let tok = Tokenizer::from_name(&config.tokenizer).map_err(|e| to_py(py, e))?;
-    config.model.vocab_size = tok.vocab_size();
+    let spec = grufinity::data::tokenizer::TokenizerSpec::parse(&config.tokenizer).map_err(|e| to_py(py, e))?;
+    // A `char` vocabulary is only known once the corpus is read; the trainer sets it then.
+    if let Some(v) = spec.planned_vocab_size(config.vocab_size, config.doc_separator).map_err(|e| to_py(py, e))? {
+        config.model.vocab_size = v;
+    }
     config.validate().map_err(|e| to_py(py, e))?;
     Ok(serde_json::to_string(&config).unwrap_or_default())
 }
@@ -403,6 +415,40 @@ fn select_device(py: Python<'_>, request: &str) -> PyResult<(String, String)> {
     Ok((s.name, s.reason))
 }
 
+/// Statistics of corpus files under a tokenizer (`options_json`: tokenizer, vocab_size,
+/// doc_separator, cache_dir), tokenized through the token cache like for training. `callback`
+/// gets data events as JSON (returning False, or Ctrl-C, stops). Returns the stats as JSON.
+#[pyfunction]
+#[pyo3(signature = (paths, options_json, top=20, callback=None))]
+fn data_stats(py: Python<'_>, paths: Vec<PathBuf>, options_json: &str, top: usize, callback: Option<Py<PyAny>>) -> PyResult<String> {
+    let opts: grufinity::data::DataOptions = serde_json::from_str(options_json).map_err(|e| json_err(py, "data options", e))?;
+    let mut pending: Option<PyErr> = None;
+    let result = py.detach(|| {
+        grufinity::data::stats::corpus_stats(&paths, &opts, top, &mut |event| {
+            Python::attach(|py| {
+                if let Err(e) = py.check_signals() {
+                    pending.get_or_insert(e);
+                    return false;
+                }
+                let Some(cb) = &callback else { return true };
+                let json = serde_json::to_string(event).unwrap_or_default();
+                match cb.call1(py, (json,)) {
+                    Ok(r) => !r.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned()),
+                    Err(e) => {
+                        pending.get_or_insert(e);
+                        false
+                    }
+                }
+            })
+        })
+    });
+    if let Some(e) = pending {
+        return Err(e);
+    }
+    let stats = result.map_err(|e| to_py(py, e))?;
+    Ok(serde_json::to_string(&stats).unwrap_or_default())
+}
+
 #[pymodule]
 fn _grufinity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train, m)?)?;
@@ -410,6 +456,7 @@ fn _grufinity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(size_model, m)?)?;
     m.add_function(wrap_pyfunction!(count_params, m)?)?;
     m.add_function(wrap_pyfunction!(select_device, m)?)?;
+    m.add_function(wrap_pyfunction!(data_stats, m)?)?;
     m.add_class::<Model>()?;
     m.add_class::<ModelState>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

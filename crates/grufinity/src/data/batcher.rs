@@ -9,6 +9,12 @@
 //!
 //! Coverage: one epoch reads every training token once as a target except fewer than
 //! `(B + 1) * T` at the start and at region ends.
+//!
+//! Documents: with a separator token set ([`StreamBatcher::with_doc_separator`]), a row whose
+//! previous chunk contained a separator is flagged in [`Batch::resets`], so its carried state
+//! can be reset: the state then never carries one document into the next chunk of another.
+//! (The reset is per chunk: the tokens after a separator in the same chunk still follow the
+//! old document's state, which the separator token itself tells the model about.)
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +37,9 @@ pub struct Batch {
     pub targets: Vec<u32>,
     /// True when every stream starts a new region here (reset the carried state).
     pub restart: bool,
+    /// Per row: the previous chunk crossed a document boundary (reset that row's state).
+    /// All false without a separator.
+    pub resets: Vec<bool>,
     /// The epoch this batch belongs to.
     pub epoch: u64,
 }
@@ -50,6 +59,33 @@ pub struct StreamBatcher {
     chunk: usize,
     seed: u64,
     cursor: Cursor,
+    doc_separator: Option<u32>,
+}
+
+/// Random access to token ids: an in-memory slice or a memory-mapped store.
+pub trait TokenSource {
+    /// Number of tokens.
+    fn len(&self) -> usize;
+    /// Appends tokens `start..end` to `out` (panics past the end, like slicing).
+    fn read_into(&self, start: usize, end: usize, out: &mut Vec<u32>);
+}
+
+impl TokenSource for [u32] {
+    fn len(&self) -> usize {
+        <[u32]>::len(self)
+    }
+    fn read_into(&self, start: usize, end: usize, out: &mut Vec<u32>) {
+        out.extend_from_slice(&self[start..end]);
+    }
+}
+
+impl TokenSource for Vec<u32> {
+    fn len(&self) -> usize {
+        Vec::len(self)
+    }
+    fn read_into(&self, start: usize, end: usize, out: &mut Vec<u32>) {
+        out.extend_from_slice(&self[start..end]);
+    }
 }
 
 impl StreamBatcher {
@@ -69,7 +105,13 @@ impl StreamBatcher {
                  use a larger corpus or lower --batch-size / --chunk-len"
             )));
         }
-        Ok(Self { n_tokens, batch, chunk, seed, cursor: Cursor::default() })
+        Ok(Self { n_tokens, batch, chunk, seed, cursor: Cursor::default(), doc_separator: None })
+    }
+
+    /// Flags rows whose previous chunk held `separator` in [`Batch::resets`].
+    pub fn with_doc_separator(mut self, separator: Option<u32>) -> Self {
+        self.doc_separator = separator;
+        self
     }
 
     /// The current position.
@@ -97,8 +139,8 @@ impl StreamBatcher {
         self.layout(0).steps
     }
 
-    /// The next batch; advances the cursor.
-    pub fn next_batch(&mut self, tokens: &[u32]) -> Batch {
+    /// The next batch, read from `tokens` (only its first `n_tokens`); advances the cursor.
+    pub fn next_batch<S: TokenSource + ?Sized>(&mut self, tokens: &S) -> Batch {
         let mut layout = self.layout(self.cursor.epoch);
         if self.cursor.step >= layout.steps {
             self.cursor = Cursor { epoch: self.cursor.epoch + 1, step: 0 };
@@ -107,12 +149,22 @@ impl StreamBatcher {
         let t = self.chunk;
         let mut inputs = Vec::with_capacity(self.batch * t);
         let mut targets = Vec::with_capacity(self.batch * t);
-        for &start in &layout.starts {
+        let mut resets = vec![false; self.batch];
+        let mut row = Vec::with_capacity(t + 1);
+        for (i, &start) in layout.starts.iter().enumerate() {
             let p = start + self.cursor.step as usize * t;
-            inputs.extend_from_slice(&tokens[p..p + t]);
-            targets.extend_from_slice(&tokens[p + 1..p + t + 1]);
+            row.clear();
+            tokens.read_into(p, p + t + 1, &mut row);
+            inputs.extend_from_slice(&row[..t]);
+            targets.extend_from_slice(&row[1..]);
+            if let (Some(sep), true) = (self.doc_separator, self.cursor.step > 0) {
+                // The previous chunk's inputs are the t tokens before p.
+                let mut prev = Vec::with_capacity(t);
+                tokens.read_into(p - t, p, &mut prev);
+                resets[i] = prev.contains(&sep);
+            }
         }
-        let batch = Batch { inputs, targets, restart: self.cursor.step == 0, epoch: self.cursor.epoch };
+        let batch = Batch { inputs, targets, restart: self.cursor.step == 0, resets, epoch: self.cursor.epoch };
         self.cursor.step += 1;
         batch
     }
@@ -135,7 +187,8 @@ pub fn split_point(n: usize, val_fraction: f64) -> Result<usize> {
     let n_val = ((n as f64) * val_fraction).round() as usize;
     if n_val < 2 {
         return Err(Error::Data(format!(
-            "the corpus has only {n} tokens: too few for a validation split of {val_fraction}"
+            "the corpus has only {n} tokens: too few for a validation split of {val_fraction}; \
+             give more text or a larger --val-fraction"
         )));
     }
     Ok(n - n_val)

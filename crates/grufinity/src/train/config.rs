@@ -24,7 +24,16 @@ pub struct TrainConfig {
     pub device: String,
     pub seed: u64,
     pub model: ModelConfig,
+    /// `byte`, `char`, `bpe`, or a path to a tokenizer.json (ours or Hugging Face's) or a run.
     pub tokenizer: String,
+    /// Vocabulary size of a `bpe` tokenizer trained on the corpus (default 4096).
+    pub vocab_size: Option<usize>,
+    /// Insert a separator token between the corpus files (documents).
+    pub doc_separator: bool,
+    /// Reset a stream's carried state after a chunk that crossed a document boundary.
+    pub reset_at_doc: bool,
+    /// Token cache directory (default: `GRUFINITY_CACHE`, else `~/.cache/grufinity/tokens`).
+    pub cache_dir: Option<PathBuf>,
     pub batch_size: usize,
     pub chunk_len: usize,
     /// Fraction of the corpus (its tail) held out for validation.
@@ -75,6 +84,10 @@ impl Default for TrainConfig {
             seed: 1337,
             model: ModelConfig::default(),
             tokenizer: "byte".into(),
+            vocab_size: None,
+            doc_separator: false,
+            reset_at_doc: false,
+            cache_dir: None,
             batch_size: 16,
             chunk_len: 256,
             val_fraction: 0.1,
@@ -124,6 +137,9 @@ impl TrainConfig {
         if !(self.val_fraction > 0.0 && self.val_fraction < 1.0) {
             return Err(Error::config("val_fraction", "must be between 0 and 1 (exclusive), e.g. 0.1"));
         }
+        if self.reset_at_doc && !self.doc_separator {
+            return Err(Error::config("reset_at_doc", "needs --doc-separator (the boundaries it resets at)"));
+        }
         for (name, v) in [("beta1", self.beta1), ("beta2", self.beta2)] {
             if !(0.0..1.0).contains(&v) {
                 return Err(Error::config(name, "must be in [0, 1)"));
@@ -157,6 +173,16 @@ impl TrainConfig {
             return Err(Error::config("name", "must be a plain directory name"));
         }
         Ok(())
+    }
+
+    /// The data part of the config.
+    pub fn data_options(&self) -> crate::data::DataOptions {
+        crate::data::DataOptions {
+            tokenizer: self.tokenizer.clone(),
+            vocab_size: self.vocab_size,
+            doc_separator: self.doc_separator,
+            cache_dir: self.cache_dir.clone(),
+        }
     }
 
     /// Tokens consumed per optimiser step.

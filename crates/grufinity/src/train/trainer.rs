@@ -17,7 +17,9 @@ use super::eval::{evaluate, token_tensor, EvalResult};
 use super::optim::{accumulate_grads, clip_global_norm, AdamW, AdamWConfig, GradMap};
 use super::params::named_params;
 use crate::data::batcher::splitmix;
-use crate::data::{corpus, split_point, Cursor, StreamBatcher, Tokenizer};
+use crate::data::batcher::eval_regions;
+use crate::data::tokenizer::TokenizerSpec;
+use crate::data::{prepare, split_point, Cursor, DataEvent, StreamBatcher, TokenSource, TokenStore, Tokenizer};
 use crate::device;
 use crate::error::{Error, Result};
 use crate::generate::{Decoder, SamplingConfig};
@@ -44,6 +46,10 @@ pub struct TrainerState {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
+    /// Data preparation (tokenizer, cache, encoding progress) of a large corpus (see
+    /// [`crate::data::store::LARGE_INPUT`]), before `Start`; for a small one its messages
+    /// are only in `Start::data_log`.
+    Data(DataEvent),
     Start {
         run_dir: PathBuf,
         device: String,
@@ -56,6 +62,8 @@ pub enum Event {
         step: u64,
         resumed_from: Option<PathBuf>,
         data: String,
+        /// What data preparation did (tokenizer, cache reuse or encoding).
+        data_log: Vec<String>,
     },
     Step {
         step: u64,
@@ -106,11 +114,6 @@ pub struct Outcome {
     /// True when the callback asked to stop (Ctrl-C).
     pub interrupted: bool,
     pub final_val_loss: Option<f64>,
-}
-
-/// FNV-1a over the token ids: cheap identity of a corpus.
-fn hash_tokens(tokens: &[u32]) -> u64 {
-    tokens.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &t| (h ^ t as u64).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// Appends events to `metrics.jsonl` and `metrics.csv`.
@@ -168,8 +171,12 @@ struct Run {
     device: Device,
     autodiff: Device,
     tokenizer: Tokenizer,
-    tokens: Vec<u32>,
+    /// The whole corpus, memory-mapped: training reads `..n_train`, validation the rest.
+    tokens: TokenStore,
     n_train: usize,
+    /// The validation tokens one evaluation reads, and their bytes per token.
+    eval_set: Vec<u32>,
+    eval_bpt: f64,
     model: MinGruLm,
     opt: AdamW,
     state: State,
@@ -203,7 +210,7 @@ impl Run {
             .collect();
         let state_tensors = state_to_tensors(&self.state);
         let trainer_json = serde_json::to_vec_pretty(&self.ts).map_err(|e| Error::Data(e.to_string()))?;
-        let tokenizer_json = serde_json::to_vec_pretty(&self.tokenizer).map_err(|e| Error::Data(e.to_string()))?;
+        let tokenizer_json = self.tokenizer.to_file_json()?;
         write_dir_atomically(&dir, |tmp| {
             save_module(&self.model, &tmp.join("model.safetensors"), Some(meta))?;
             save_tensors(&tmp.join("optimizer.safetensors"), opt_tensors, None)?;
@@ -247,9 +254,8 @@ impl Run {
 
     fn evaluate(&self) -> EvalResult {
         let model = self.model.valid();
-        let val = &self.tokens[self.n_train..];
-        let (loss, count) = evaluate(&model, &self.cfg.model, val, self.cfg.batch_size, self.cfg.chunk_len, self.cfg.eval_tokens, 0, &self.device);
-        EvalResult::from_loss(loss, count, self.tokenizer.bytes_per_token(val))
+        let (loss, count) = evaluate(&model, &self.cfg.model, &self.eval_set, self.cfg.batch_size, self.cfg.chunk_len, self.cfg.eval_tokens, 0, &self.device);
+        EvalResult::from_loss(loss, count, self.eval_bpt)
     }
 
     fn sample(&self) -> String {
@@ -263,6 +269,29 @@ impl Run {
         all.extend(out);
         String::from_utf8_lossy(&self.tokenizer.decode(&all)).into_owned()
     }
+}
+
+/// The validation tokens `evaluate` reads from the tail after `n_train` with `rows` rows and a
+/// cap of `cap` tokens, gathered into a compact vector that `evaluate` reads in exactly the
+/// same rows and order (so memory is the cap, not the whole tail), with the real bytes per
+/// token of the predicted targets.
+fn eval_set(store: &TokenStore, n_train: usize, rows: usize, cap: usize, tokenizer: &Tokenizer) -> (Vec<u32>, f64) {
+    let (starts, region) = eval_regions(store.len() - n_train, rows);
+    let mut per_row = region - 1;
+    if cap > 0 {
+        per_row = per_row.min(cap.div_ceil(starts.len()).max(1));
+    }
+    let mut out = Vec::with_capacity(starts.len() * (per_row + 1));
+    let (mut bytes, mut count) = (0usize, 0usize);
+    for s in starts {
+        let begin = out.len();
+        store.read_into(n_train + s, n_train + s + per_row + 1, &mut out);
+        for &t in &out[begin + 1..] {
+            bytes += tokenizer.token_len(t);
+            count += 1;
+        }
+    }
+    (out, bytes.max(1) as f64 / count.max(1) as f64)
 }
 
 fn state_to_tensors(state: &State) -> Vec<(String, Vec<usize>, Tensor<1>)> {
@@ -327,6 +356,7 @@ fn apply_overrides(saved: TrainConfig, new: &TrainConfig) -> TrainConfig {
         log_every: new.log_every,
         device: new.device.clone(),
         sample_tokens: new.sample_tokens,
+        cache_dir: new.cache_dir.clone(),
         ..saved
     }
 }
@@ -362,23 +392,45 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
         }
     };
     let mut cfg = cfg;
-    let tokenizer = match &saved {
-        Some((_, ts)) => ts.tokenizer.clone(),
-        None => Tokenizer::from_name(&cfg.tokenizer)?,
+    // Cheap checks first: a bad config or device fails before any data is read.
+    let planned = match &saved {
+        Some((_, ts)) => Some(ts.tokenizer.vocab_size()),
+        None => TokenizerSpec::parse(&cfg.tokenizer)?.planned_vocab_size(cfg.vocab_size, cfg.doc_separator)?,
     };
-    cfg.model.vocab_size = tokenizer.vocab_size();
+    if let Some(v) = planned {
+        cfg.model.vocab_size = v;
+    }
     cfg.validate()?;
     let selected = device::select(&cfg.device)?;
     let device = selected.device.clone();
     let autodiff = device.clone().autodiff();
     device.seed(cfg.seed);
 
-    let bytes = corpus::read_files(&cfg.data)?;
-    let tokens = tokenizer.encode(&bytes);
-    drop(bytes);
+    // Tokens come from the cache (encoded once, memory-mapped). The precheck bounds the token
+    // count by the byte count, so a corpus too small for the split or the batch fails before
+    // anything is encoded or cached.
+    let (val_fraction, batch_size, chunk_len) = (cfg.val_fraction, cfg.batch_size, cfg.chunk_len);
+    let precheck = move |max_tokens: u64| -> Result<()> {
+        let n_train = split_point(usize::try_from(max_tokens).unwrap_or(usize::MAX), val_fraction)?;
+        StreamBatcher::new(n_train, batch_size, chunk_len, 0).map(|_| ())
+    };
+    let saved_tokenizer = saved.as_ref().map(|(_, ts)| ts.tokenizer.clone());
+    let mut data_log = Vec::new();
+    let data = prepare(&cfg.data, &cfg.data_options(), saved_tokenizer, &precheck, &mut |e: &DataEvent| {
+        if e.done == 0 {
+            data_log.push(e.message.clone());
+        }
+        e.total < crate::data::store::LARGE_INPUT || on_event(&Event::Data(e.clone()))
+    })?;
+    let tokenizer = data.tokenizer;
+    let tokens = data.store;
+    cfg.model.vocab_size = tokenizer.vocab_size();
+    cfg.validate()?;
     let n_train = split_point(tokens.len(), cfg.val_fraction)?;
-    let batcher = StreamBatcher::new(n_train, cfg.batch_size, cfg.chunk_len, cfg.seed)?;
-    let data_hash = hash_tokens(&tokens);
+    let separator = if cfg.reset_at_doc { tokenizer.doc_separator() } else { None };
+    let batcher = StreamBatcher::new(n_train, cfg.batch_size, cfg.chunk_len, cfg.seed)?.with_doc_separator(separator);
+    let data_hash = tokens.header.token_hash;
+    let (eval_set, eval_bpt) = eval_set(&tokens, n_train, cfg.batch_size, cfg.eval_tokens, &tokenizer);
 
     let mut model = MinGruLm::new(&cfg.model, &autodiff)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay });
@@ -417,8 +469,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
     let config_json = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Data(e.to_string()))?;
     write_file_atomically(&run_dir.join("config.json"), &config_json)?;
     let mut metrics = Metrics::open(&run_dir, ts.step)?;
-    let mut run = Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, model, opt, state, batcher, ts };
-    run.loop_(&selected, saved.map(|(p, _)| p), on_event, &mut metrics)
+    let mut run = Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, eval_set, eval_bpt, model, opt, state, batcher, ts };
+    run.loop_(&selected, saved.map(|(p, _)| p), data_log, on_event, &mut metrics)
 }
 
 impl Run {
@@ -426,6 +478,7 @@ impl Run {
         &mut self,
         selected: &device::Selected,
         resumed_from: Option<PathBuf>,
+        data_log: Vec<String>,
         on_event: &mut dyn FnMut(&Event) -> bool,
         metrics: &mut Metrics,
     ) -> Result<Outcome> {
@@ -447,6 +500,7 @@ impl Run {
             step: self.ts.step,
             resumed_from,
             data: self.cfg.data_description.clone(),
+            data_log,
         };
         let mut keep_going = emit(start, metrics);
         let clock = Instant::now();
@@ -477,10 +531,13 @@ impl Run {
             let mut grads = GradMap::new();
             let mut loss_sum = 0.0f64;
             for micro in 0..accum {
-                let batch = self.batcher.next_batch(&self.tokens[..self.n_train]);
+                let batch = self.batcher.next_batch(&self.tokens);
                 epoch = batch.epoch;
                 if batch.restart {
                     self.state = State::zeros(&self.cfg.model, b, &self.autodiff);
+                } else if batch.resets.iter().any(|&r| r) {
+                    let state = std::mem::replace(&mut self.state, State { layers: vec![] });
+                    self.state = state.reset_rows(&batch.resets);
                 }
                 // Re-seeding per micro-step makes dropout masks a function of the step alone,
                 // so a resumed run draws exactly what an uninterrupted one would.
