@@ -19,6 +19,9 @@ fn main() {
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let (b, t, e) = (16, 128, 192);
+    if std::env::args().nth(1).as_deref() == Some("model") {
+        return model_only(&device, &ad, b, t);
+    }
     let a = Tensor::<2>::random([512, 512], Distribution::Default, &device);
     time("matmul 512^3", 10, || { let _ = a.clone().matmul(a.clone()).into_data(); });
     let kh = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
@@ -71,6 +74,27 @@ fn main() {
         let y = x.clone().matmul(w.clone().unsqueeze::<3>()).sum();
         let _ = y.backward();
     });
+    let big = Tensor::<3>::random([b, t, 512], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    time("gelu fwd+bwd [16,128,512]", 5, || {
+        let _ = burn::tensor::activation::gelu(big.clone()).sum().backward();
+    });
+    time("fused gelu fwd+bwd [16,128,512]", 5, || {
+        let _ = grufinity::model::fused::gelu(big.clone()).sum().backward();
+    });
+    let norm = burn::nn::RmsNormConfig::new(128).init(&ad);
+    time("rmsnorm fwd+bwd [16,128,128]", 5, || {
+        let _ = norm.forward(x.clone()).sum().backward();
+    });
+    let logits = Tensor::<3>::random([b, t, 256], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let tokens_t: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
+    time("cross-entropy fwd+bwd [16,128,256]", 5, || {
+        let _ = grufinity::model::cross_entropy(logits.clone(), token_tensor(&tokens_t, b, t, &ad)).backward();
+    });
+    model_only(&device, &ad, b, t);
+}
+
+fn model_only(device: &Device, ad: &Device, b: usize, t: usize) {
+    let (device, ad) = (device.clone(), ad.clone());
     let cfg = ModelConfig { dim: 128, depth: 3, ..Default::default() };
     let model = MinGruLm::new(&cfg, &ad).unwrap();
     let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
@@ -79,7 +103,8 @@ fn main() {
         let (l, _) = m.loss(token_tensor(&tokens, b, t, &device), token_tensor(&tokens, b, t, &device), State::zeros(&cfg, b, &device));
         let _ = l.into_scalar::<f32>();
     });
-    time("model fwd+bwd", 3, || {
+    let n = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    time("model fwd+bwd", n, || {
         let (l, _) = model.loss(token_tensor(&tokens, b, t, &ad), token_tensor(&tokens, b, t, &ad), State::zeros(&cfg, b, &ad));
         let _ = l.backward();
     });

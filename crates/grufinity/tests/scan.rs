@@ -153,3 +153,23 @@ fn fused_recurrence_matches_reference_and_scan_gradients() {
         }
     }
 }
+
+/// The fused GELU and its gradient against Burn's exact GELU.
+#[test]
+fn fused_gelu_matches_burn() {
+    use burn::tensor::activation::gelu;
+    use grufinity::model::fused;
+    let mut rng = Rng(77);
+    let values = rng.normals(4 * 9 * 33, 3.0);
+    let ad = cpu().autodiff();
+    let run = |f: &dyn Fn(Tensor<3>) -> Tensor<3>| {
+        let x = tensor3(&values, [4, 9, 33], &ad).require_grad();
+        let y = f(x.clone());
+        let g = (y.clone() * y.clone()).sum().backward();
+        (to_vec(y), to_vec(x.grad(&g).unwrap()))
+    };
+    let (ya, ga) = run(&|x| fused::gelu(x));
+    let (yb, gb) = run(&|x| gelu(x));
+    assert!(max_abs_diff(&ya, &yb) <= 1e-5, "values differ by {}", max_abs_diff(&ya, &yb));
+    assert!(max_abs_diff(&ga, &gb) <= 1e-4, "gradients differ by {}", max_abs_diff(&ga, &gb));
+}

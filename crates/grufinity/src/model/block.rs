@@ -12,6 +12,7 @@ use burn::tensor::{Device, Tensor};
 
 use super::config::{FeedForwardKind, ModelConfig};
 use super::conv::CausalConv;
+use super::fused;
 use super::mingru::{uniform_fan_in, MinGru};
 use super::state::LayerState;
 
@@ -48,6 +49,8 @@ impl FeedForward {
         let hidden = if self.swiglu {
             let h = up.dims()[2] / 2;
             silu(up.clone().narrow(2, 0, h)) * up.narrow(2, h, h)
+        } else if fused::supported(&up.device()) {
+            fused::gelu(up)
         } else {
             gelu(up)
         };

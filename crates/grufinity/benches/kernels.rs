@@ -1,0 +1,82 @@
+//! Kernel benchmarks on the CPU backend: `cargo bench -p grufinity --bench kernels`.
+//!
+//! - the minGRU recurrence, forward and forward+backward, fused CPU kernel and log-space scan,
+//!   at (B=16, T=256, D=384) and (B=1, T=4096, D=384);
+//! - one training step of the reference model (dim 256, depth 4, expansion 1.5, ff_mult 4,
+//!   vocab 256, batch 16, chunk 256): forward, backward, AdamW update.
+
+use std::hint::black_box;
+
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use grufinity::model::scan::{log_coeffs_and_values, scan_log, LOG_ZERO};
+use grufinity::model::{fused, MinGruLm, ModelConfig, State};
+use grufinity::train::optim::{accumulate_grads, clip_global_norm, AdamW, AdamWConfig, GradMap};
+
+fn inputs(b: usize, t: usize, e: usize, device: &Device) -> (Tensor<3>, Tensor<3>) {
+    (
+        Tensor::random([b, t, e], Distribution::Normal(0.0, 1.0), device),
+        Tensor::random([b, t, e], Distribution::Normal(0.0, 1.0), device),
+    )
+}
+
+fn scan(c: &mut Criterion) {
+    let cpu = Device::flex();
+    let ad = cpu.clone().autodiff();
+    let e = 576; // inner width of D = 384 at expansion 1.5
+    for (b, t) in [(16usize, 256usize), (1, 4096)] {
+        let mut group = c.benchmark_group(format!("scan B={b} T={t} D=384"));
+        group.throughput(Throughput::Elements((b * t) as u64));
+        group.sample_size(10);
+        let (kh, kz) = inputs(b, t, e, &cpu);
+        let h0 = Tensor::<3>::zeros([b, 1, e], &cpu);
+        group.bench_function("fused forward", |bench| {
+            bench.iter(|| black_box(fused::recurrence(kh.clone(), kz.clone(), h0.clone()).into_data()))
+        });
+        group.bench_function("log-space forward", |bench| {
+            bench.iter(|| {
+                let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
+                black_box(scan_log(lc, lv, h0.clone().log().clamp_min(LOG_ZERO)).into_data())
+            })
+        });
+        let (kh, kz) = (kh.clone().autodiff().require_grad(), kz.clone().autodiff().require_grad());
+        let h0 = Tensor::<3>::zeros([b, 1, e], &ad);
+        group.bench_function("fused forward+backward", |bench| {
+            bench.iter(|| black_box(fused::recurrence(kh.clone(), kz.clone(), h0.clone()).sum().backward()))
+        });
+        group.bench_function("log-space forward+backward", |bench| {
+            bench.iter(|| {
+                let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
+                black_box(scan_log(lc, lv, h0.clone().clamp_min(LOG_ZERO)).exp().sum().backward())
+            })
+        });
+        group.finish();
+    }
+}
+
+fn train_step(c: &mut Criterion) {
+    let ad = Device::flex().autodiff();
+    let cfg = ModelConfig::default();
+    let (b, t) = (16, 256);
+    let mut model = MinGruLm::new(&cfg, &ad).expect("valid config");
+    let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+    let ids: Vec<i64> = (0..b * t).map(|i| ((i * 31 + 7) % 256) as i64).collect();
+    let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &ad);
+    let mut group = c.benchmark_group("train step dim256 depth4 B=16 T=256");
+    group.throughput(Throughput::Elements((b * t) as u64));
+    group.sample_size(10);
+    group.bench_function("forward+backward+adamw", |bench| {
+        bench.iter(|| {
+            let (loss, _) = model.loss(tokens.clone(), tokens.clone(), State::zeros(&cfg, b, &ad));
+            let grads = loss.backward();
+            let mut acc = GradMap::new();
+            accumulate_grads(&model, &grads, 1.0, &mut acc);
+            clip_global_norm(&mut acc, 1.0);
+            model = opt.update(model.clone(), &acc, 1e-3);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, scan, train_step);
+criterion_main!(benches);
