@@ -16,7 +16,7 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -92,7 +92,11 @@ impl Ticker {
         }
         self.last = Instant::now();
         let pct = 100.0 * done as f64 / self.total.max(1) as f64;
-        let message = format!("{} {:.0}% ({} of {})", self.verb, pct, mb(done), mb(self.total));
+        let message = if done >= self.total {
+            format!("{} finishing", self.verb)
+        } else {
+            format!("{} {:.0}% ({} of {})", self.verb, pct, mb(done), mb(self.total))
+        };
         on(&DataEvent { stage: self.stage.into(), message, done, total: self.total })
     }
 }
@@ -250,11 +254,18 @@ impl Cache {
             if !on(&DataEvent::say("tokenizer", format!("training a bpe tokenizer (vocab {vocab}) on {}", mb(total)), total)) {
                 return Err(interrupted());
             }
-            // Trained on blocks cut like the encoder cuts them, through a channel so the
-            // reader can report I/O errors (the trainer's iterator cannot).
+            // Trained on blocks cut like the encoder cuts them. The trainer pulls them from its
+            // own threads and reports nothing, so it runs on a helper thread while this one
+            // reports progress and turns a stop request into the end of the input; I/O errors
+            // are kept aside (its iterator cannot return them).
             let failure: Mutex<Option<Error>> = Mutex::new(None);
+            let (fed, stop) = (AtomicU64::new(0), AtomicBool::new(false));
             let texts = corpus.blocks(Cut::Words, BLOCK_BYTES).map_while(|b| match b {
-                Ok(b) => Some(String::from_utf8_lossy(&b.bytes).into_owned()),
+                _ if stop.load(Ordering::Relaxed) => None,
+                Ok(b) => {
+                    fed.fetch_add(b.bytes.len() as u64, Ordering::Relaxed);
+                    Some(String::from_utf8_lossy(&b.bytes).into_owned())
+                }
                 Err(e) => {
                     if let Ok(mut f) = failure.lock() {
                         f.get_or_insert(e);
@@ -262,7 +273,21 @@ impl Cache {
                     None
                 }
             });
-            let bpe = Bpe::train(texts, vocab, opts.doc_separator)?;
+            let mut ticker = Ticker::new("tokenizer", "training the bpe tokenizer:", total);
+            let trained = std::thread::scope(|s| {
+                let worker = s.spawn(|| Bpe::train(texts, vocab, opts.doc_separator));
+                while !worker.is_finished() {
+                    std::thread::sleep(Duration::from_millis(20));
+                    if !ticker.tick(fed.load(Ordering::Relaxed), on) {
+                        stop.store(true, Ordering::Relaxed);
+                    }
+                }
+                worker.join()
+            });
+            let bpe = trained.map_err(|_| Error::Data("training the bpe tokenizer failed (its thread panicked)".into()))??;
+            if stop.load(Ordering::Relaxed) {
+                return Err(interrupted());
+            }
             if let Some(e) = failure.lock().ok().and_then(|mut f| f.take()) {
                 return Err(e);
             }
