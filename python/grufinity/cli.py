@@ -143,15 +143,22 @@ class Progress:
         elif kind == "sample":
             text = e["text"].strip("\n")
             self._line("sample: " + text[:300].replace("\n", "\n        "))
+        elif kind == "skipped":
+            self._line(
+                f"step {e['step']}: loss or gradients not finite, update skipped; lr multiplier now "
+                f"{e['lr_scale']:.3g} ({e['consecutive']} skipped in a row)"
+            )
         elif kind == "done":
             self._line(
                 f"done: {e['step']} steps, {e['tokens']:,} tokens in {_fmt_time(e['elapsed'])}"
                 + (f", val loss {e['val_loss']:.4f}" if e.get("val_loss") is not None else "")
+                + (" (stopped early: no new best validation loss)" if e.get("reason") == "early_stop" else "")
             )
 
 
 #: Settings a resumed run keeps from its checkpoint unless given again.
-RESUME_INHERITS = ("eval_every", "eval_tokens", "save_every", "keep_last", "log_every", "sample_tokens")
+RESUME_INHERITS = ("eval_every", "eval_tokens", "save_every", "keep_last", "log_every", "sample_tokens",
+                   "early_stop_patience", "on_nan")
 BUDGETS = ("max_steps", "max_tokens", "max_time", "epochs")
 
 
@@ -164,7 +171,7 @@ def _inherit_from_resumed_run(cfg: config_mod.TrainConfig, explicit: set[str]) -
         return
     saved = json.loads((ckpt / "trainer.json").read_text())["config"]
     for key in RESUME_INHERITS:
-        if key not in explicit:
+        if key not in explicit and key in saved:
             setattr(cfg, key, saved[key])
     if not any(k in explicit for k in BUDGETS):
         for key in BUDGETS:
@@ -202,14 +209,19 @@ TRAIN_OPTIONS = [
     _opt("--val-fraction", float, "Tail of the corpus held out for validation.  [default: 0.1]"),
     _opt("--lr", float, "Peak learning rate.  [default: 3e-3]"),
     _opt("--warmup", int, "Linear warmup steps.  [default: 50]"),
-    _opt("--schedule", click.Choice(["constant", "linear", "cosine"]), "Decay after warmup.  [default: cosine]"),
-    _opt("--min-lr-ratio", float, "Final lr as a fraction of --lr.  [default: 0.1]"),
+    _opt("--schedule", click.Choice(["constant", "linear", "cosine", "plateau"]),
+         "Decay after warmup; plateau: constant, reduced when the validation loss stops improving.  [default: cosine]"),
+    _opt("--min-lr-ratio", float, "Final lr as a fraction of --lr (the floor of plateau reductions).  [default: 0.1]"),
+    _opt("--plateau-patience", int, "plateau: evaluations without a new best before the lr is reduced.  [default: 3]"),
+    _opt("--plateau-factor", float, "plateau: what each reduction multiplies the lr by.  [default: 0.5]"),
     _opt("--weight-decay", float, "AdamW decoupled weight decay (matrices only).  [default: 0.1]"),
     _opt("--beta1", float, "AdamW beta1.  [default: 0.9]"),
     _opt("--beta2", float, "AdamW beta2.  [default: 0.99]"),
     _opt("--eps", float, "AdamW epsilon.  [default: 1e-8]"),
     _opt("--grad-clip", float, "Clip the global gradient norm to this, 0 = off.  [default: 1.0]"),
     _opt("--accum", int, "Chunks accumulated per optimiser step.  [default: 1]"),
+    _opt("--on-nan", click.Choice(["stop", "skip"]), "A non-finite loss or gradient: stop the run, or skip the step and "
+         "halve the lr (stopping after 5 in a row).  [default: stop]"),
     _opt("--max-steps", int, "Stop after this many steps."),
     _opt("--max-tokens", int, "Stop after this many training tokens."),
     _opt("--max-time", float, "Stop after this many seconds.  [default: 180 when no other budget]"),
@@ -218,6 +230,8 @@ TRAIN_OPTIONS = [
     _opt("--eval-tokens", int, "Validation tokens per evaluation, 0 = all.  [default: 65536]"),
     _opt("--save-every", int, "Steps between extra checkpoints, 0 = at evaluations only.  [default: 0]"),
     _opt("--keep-last", int, "Step checkpoints to keep (the best is always kept).  [default: 3]"),
+    _opt("--early-stop-patience", int, "Stop after this many evaluations without a new best validation loss, "
+         "0 = never.  [default: 0]"),
     _opt("--log-every", int, "Steps between progress lines.  [default: 10]"),
     _opt("--sample-prompt", str, "Prompt of the sample written at each evaluation.  [default: 'def ']"),
     _opt("--sample-tokens", int, "Length of that sample, 0 = none.  [default: 200]"),

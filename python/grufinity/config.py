@@ -17,6 +17,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+#: Keys whose value is one of a fixed set of words.
+CHOICES = {
+    "schedule": ("constant", "linear", "cosine", "plateau"),
+    "on_nan": ("stop", "skip"),
+    "ff_kind": ("gelu", "swiglu"),
+    "progress": ("auto", "bar", "plain", "json", "none"),
+}
+
 #: Keys that describe the architecture (sent to the core as the nested ``model`` object).
 MODEL_KEYS = ("dim", "depth", "expansion", "ff_mult", "ff_kind", "conv_kernel", "tie_embeddings", "dropout")
 
@@ -54,6 +62,10 @@ class TrainConfig:
     warmup: int = 50
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    early_stop_patience: int = 0
+    on_nan: str = "stop"
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.99
@@ -80,6 +92,7 @@ class TrainConfig:
         """The JSON the Rust core takes (architecture nested under ``model``)."""
         from . import _grufinity
 
+        _check_values(self)
         d = dataclasses.asdict(self)
         model = {k: d.pop(k) for k in MODEL_KEYS}
         budget = d.pop("params")
@@ -96,6 +109,19 @@ class TrainConfig:
         d["data_description"] = data_description
         d["name"] = name
         return _grufinity.resolve_config(json.dumps(d))
+
+
+def _check_values(config: TrainConfig) -> None:
+    """Catches, naming the key, what the core would reject without naming it: a word outside
+    its choices, a negative count (the config may be built directly, without :func:`build`)."""
+    for key, choices in CHOICES.items():
+        value = getattr(config, key)
+        if value not in choices:
+            raise ConfigError(f"config `{key}` must be one of {', '.join(choices)}, got {value!r}")
+    for key, t in _field_types().items():
+        value = getattr(config, key)
+        if t in (int, Optional[int]) and isinstance(value, int) and not isinstance(value, bool) and value < 0:
+            raise ConfigError(f"config `{key}` must be >= 0, got {value!r}")
 
 
 def _field_types() -> dict[str, Any]:
@@ -126,6 +152,10 @@ def coerce(key: str, value: Any) -> Any:
         return str(value)
     if not isinstance(value, t) or (t is int and isinstance(value, bool)):
         raise ConfigError(f"config `{key}` must be {t.__name__}, got {type(value).__name__} {value!r}")
+    if t is int and value < 0:  # every integer setting is a count, a size or a seed
+        raise ConfigError(f"config `{key}` must be >= 0, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"config `{key}` must be one of {', '.join(CHOICES[key])}, got {value!r}")
     return value
 
 

@@ -8,6 +8,22 @@ use super::optim::Schedule;
 use crate::error::{Error, Result};
 use crate::model::ModelConfig;
 
+/// What the trainer does with a step whose loss, gradient norm or updated weights are not
+/// finite.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnNan {
+    /// Stop with an error; the last checkpoint (always finite) is kept.
+    #[default]
+    Stop,
+    /// Skip the update, halve the learning-rate multiplier, and stop after
+    /// [`MAX_BAD_STEPS`] bad steps in a row.
+    Skip,
+}
+
+/// Consecutive skipped steps after which `on_nan = "skip"` gives up.
+pub const MAX_BAD_STEPS: u64 = 5;
+
 /// Everything that defines a training run. Field names match the CLI flags (dashes as
 /// underscores) and the keys of a TOML config.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,8 +58,18 @@ pub struct TrainConfig {
     /// Linear warmup steps.
     pub warmup: u64,
     pub schedule: Schedule,
-    /// Final learning rate as a fraction of `lr` (linear and cosine schedules).
+    /// Final learning rate as a fraction of `lr` (linear and cosine schedules); the floor of
+    /// the `plateau` schedule's reductions.
     pub min_lr_ratio: f64,
+    /// `plateau` schedule: evaluations without a new best validation loss before the learning
+    /// rate is reduced.
+    pub plateau_patience: u64,
+    /// `plateau` schedule: what each reduction multiplies the learning rate by.
+    pub plateau_factor: f64,
+    /// Stop after this many evaluations without a new best validation loss (0 = never).
+    pub early_stop_patience: u64,
+    /// What a non-finite loss, gradient norm or update does: stop the run, or skip the step.
+    pub on_nan: OnNan,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -95,6 +121,10 @@ impl Default for TrainConfig {
             warmup: 100,
             schedule: Schedule::Cosine,
             min_lr_ratio: 0.1,
+            plateau_patience: 3,
+            plateau_factor: 0.5,
+            early_stop_patience: 0,
+            on_nan: OnNan::Stop,
             weight_decay: 0.1,
             beta1: 0.9,
             beta2: 0.99,
@@ -153,6 +183,12 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config("min_lr_ratio", "must be in [0, 1]"));
+        }
+        if self.plateau_patience == 0 {
+            return Err(Error::config("plateau_patience", "must be at least 1"));
+        }
+        if !(self.plateau_factor > 0.0 && self.plateau_factor < 1.0) {
+            return Err(Error::config("plateau_factor", "must be between 0 and 1 (exclusive), e.g. 0.5"));
         }
         if self.log_every == 0 {
             return Err(Error::config("log_every", "must be at least 1"));

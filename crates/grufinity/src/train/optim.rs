@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::params::{map_params, named_grads};
+use super::params::{map_params, named_grads, named_params};
 use crate::error::{Error, Result};
 
 /// Hyper-parameters of AdamW.
@@ -60,6 +60,21 @@ pub fn clip_global_norm(grads: &mut GradMap, max_norm: f64) -> f32 {
         }
     }
     norm
+}
+
+/// Whether every parameter of `module` is finite, with one read-back for all of them (the
+/// sum of each parameter's largest magnitude; only a NaN, an infinity or weights near the
+/// f32 limit make it non-finite).
+pub fn params_finite<M: Module>(module: &M) -> bool {
+    let mut total: Option<Tensor<1>> = None;
+    for (_, p) in named_params(module) {
+        let m = p.value.without_autodiff().abs().max();
+        total = Some(match total {
+            Some(t) => t + m,
+            None => m,
+        });
+    }
+    total.map_or(true, |t| t.into_scalar::<f32>().is_finite())
 }
 
 /// Whether weight decay applies to the parameter at `path`: matrices of linear layers only,
@@ -143,13 +158,15 @@ impl AdamW {
 }
 
 /// Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
-/// `min_lr_ratio * lr` at `total` steps.
+/// `min_lr_ratio * lr` at `total` steps, or `plateau`: constant, multiplied down by
+/// [`Plateau`] when the validation loss stops improving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Schedule {
     Constant,
     Linear,
     Cosine,
+    Plateau,
 }
 
 impl Schedule {
@@ -165,10 +182,59 @@ impl Schedule {
         let progress = progress.clamp(0.0, 1.0);
         let min = base * min_lr_ratio;
         let decay = match self {
-            Schedule::Constant => return base,
+            Schedule::Constant | Schedule::Plateau => return base,
             Schedule::Linear => 1.0 - progress,
             Schedule::Cosine => 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
         };
         min + (base - min) * decay
+    }
+}
+
+/// The learning-rate multiplier the trainer applies on top of the schedule, with the
+/// validation history that drives it: reduce-on-plateau and early stopping both read it.
+/// Saved in every checkpoint (`trainer.json`), so a resumed run reduces exactly when an
+/// uninterrupted one would.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Plateau {
+    /// Current multiplier of the learning rate (1 until a reduction or a skipped step).
+    pub scale: f64,
+    /// Best validation loss among the evaluations observed.
+    pub best: Option<f64>,
+    /// Evaluations since the last reduction or improvement (the plateau counter).
+    pub bad_evals: u64,
+    /// Evaluations since the last improvement (the early-stopping counter).
+    pub evals_since_best: u64,
+}
+
+impl Default for Plateau {
+    fn default() -> Self {
+        Self { scale: 1.0, best: None, bad_evals: 0, evals_since_best: 0 }
+    }
+}
+
+impl Plateau {
+    /// Records one evaluation. Improvement (a loss below the best so far) resets both
+    /// counters; otherwise both count up, and when `reduce` is set and `patience` evaluations
+    /// in a row did not improve, the multiplier is multiplied by `factor` (never below
+    /// `floor`, never raised) and the plateau counter restarts. A non-finite loss never
+    /// improves. Returns whether the multiplier was reduced.
+    pub fn observe(&mut self, val_loss: f64, reduce: bool, patience: u64, factor: f64, floor: f64) -> bool {
+        if val_loss.is_finite() && self.best.map_or(true, |b| val_loss < b) {
+            self.best = Some(val_loss);
+            self.bad_evals = 0;
+            self.evals_since_best = 0;
+            return false;
+        }
+        self.bad_evals += 1;
+        self.evals_since_best += 1;
+        if reduce && self.bad_evals >= patience.max(1) {
+            self.bad_evals = 0;
+            let next = (self.scale * factor).max(floor).min(self.scale);
+            let reduced = next < self.scale;
+            self.scale = next;
+            return reduced;
+        }
+        false
     }
 }

@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use super::checkpoint::{
     load_module, load_tensors, point_link, save_module, save_tensors, write_dir_atomically, write_file_atomically,
 };
-use super::config::TrainConfig;
+use super::config::{OnNan, TrainConfig, MAX_BAD_STEPS};
 use super::eval::{evaluate, token_tensor, EvalResult};
-use super::optim::{accumulate_grads, clip_global_norm, AdamW, AdamWConfig, GradMap};
+use super::optim::{accumulate_grads, clip_global_norm, params_finite, AdamW, AdamWConfig, GradMap, Plateau, Schedule};
 use super::params::named_params;
 use crate::data::batcher::splitmix;
 use crate::data::batcher::eval_regions;
@@ -40,6 +40,13 @@ pub struct TrainerState {
     pub data_hash: u64,
     pub config: TrainConfig,
     pub tokenizer: Tokenizer,
+    /// Learning-rate multiplier and the validation history behind reduce-on-plateau and
+    /// early stopping.
+    #[serde(default)]
+    pub plateau: Plateau,
+    /// Skipped (non-finite) steps in a row, with `on_nan = "skip"`.
+    #[serde(default)]
+    pub bad_steps: u64,
 }
 
 /// What the trainer reports while it runs (also the lines of `metrics.jsonl`).
@@ -88,6 +95,20 @@ pub enum Event {
     Sample {
         step: u64,
         text: String,
+    },
+    /// A step whose loss, gradient norm or updated weights were not finite, skipped
+    /// (`on_nan = "skip"`): the weights are unchanged and the learning-rate multiplier halved.
+    /// Non-finite numbers are `null` in JSON.
+    Skipped {
+        step: u64,
+        tokens: u64,
+        lr: f64,
+        loss: f64,
+        grad_norm: f64,
+        lr_scale: f64,
+        /// Skipped steps in a row, including this one; the run stops at 5.
+        consecutive: u64,
+        elapsed: f64,
     },
     Saved {
         step: u64,
@@ -153,6 +174,9 @@ impl Metrics {
             Event::Eval { step, tokens, val_loss, val_bpb, val_ppl, elapsed, .. } => {
                 format!("eval,{step},{tokens},,,,,{elapsed:.3},{val_loss:.6},{val_bpb:.6},{val_ppl:.4}\n")
             }
+            Event::Skipped { step, tokens, lr, loss, grad_norm, elapsed, .. } => {
+                format!("skip,{step},{tokens},{lr:.6e},{loss:.6},{grad_norm:.6},,{elapsed:.3},,,\n")
+            }
             _ => String::new(),
         };
         if !line.is_empty() {
@@ -189,8 +213,26 @@ impl Run {
         self.run_dir.join("checkpoints")
     }
 
-    /// Writes `checkpoints/step-<N>/` atomically and points `last` (and `best`) at it.
+    /// Writes `checkpoints/step-<N>/` atomically and points `last` (and `best`) at it. Never
+    /// writes non-finite weights; a failed write leaves the previous checkpoint as it was and
+    /// says so.
     fn save(&mut self, best: bool) -> Result<PathBuf> {
+        if !params_finite(&self.model) {
+            return Err(Error::NonFinite { step: self.ts.step, value: f32::NAN });
+        }
+        self.write_checkpoint(best).map_err(|e| {
+            let dir = self.ckpt_dir().join(format!("step-{}", self.ts.step));
+            let previous = match std::fs::read_link(self.ckpt_dir().join("last")) {
+                Ok(p) if p != Path::new(dir.file_name().unwrap_or_default()) => {
+                    format!("the previous checkpoint {} is intact", p.display())
+                }
+                _ => "no earlier checkpoint of this run exists".to_string(),
+            };
+            Error::checkpoint(dir, format!("could not be written ({e}); {previous}"))
+        })
+    }
+
+    fn write_checkpoint(&mut self, best: bool) -> Result<PathBuf> {
         let name = format!("step-{}", self.ts.step);
         let dir = self.ckpt_dir().join(&name);
         self.ts.cursor = self.batcher.cursor();
@@ -356,6 +398,8 @@ fn apply_overrides(saved: TrainConfig, new: &TrainConfig) -> TrainConfig {
         log_every: new.log_every,
         device: new.device.clone(),
         sample_tokens: new.sample_tokens,
+        early_stop_patience: new.early_stop_patience,
+        on_nan: new.on_nan,
         cache_dir: new.cache_dir.clone(),
         ..saved
     }
@@ -463,6 +507,8 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
             data_hash,
             config: cfg.clone(),
             tokenizer: tokenizer.clone(),
+            plateau: Plateau::default(),
+            bad_steps: 0,
         },
     };
     std::fs::create_dir_all(&run_dir).map_err(|e| Error::io(&run_dir, e))?;
@@ -527,9 +573,13 @@ impl Run {
                 (None, Some(m)) => Some(elapsed / m),
                 (None, None) => None,
             };
-            let lr = self.cfg.schedule.lr_at(self.ts.step, self.cfg.lr, self.cfg.warmup, progress, self.cfg.min_lr_ratio);
+            let lr = self.cfg.schedule.lr_at(self.ts.step, self.cfg.lr, self.cfg.warmup, progress, self.cfg.min_lr_ratio)
+                * self.ts.plateau.scale;
+            let skip_bad = self.cfg.on_nan == OnNan::Skip;
             let mut grads = GradMap::new();
             let mut loss_sum = 0.0f64;
+            // The first non-finite number of this step: loss, gradient norm or weights.
+            let mut bad: Option<f32> = None;
             for micro in 0..accum {
                 let batch = self.batcher.next_batch(&self.tokens);
                 epoch = batch.epoch;
@@ -549,23 +599,72 @@ impl Run {
                 let grad = loss.backward();
                 let value = loss.into_scalar::<f32>();
                 if !value.is_finite() {
-                    return Err(Error::NonFinite { step: self.ts.step + 1, value });
+                    if !skip_bad {
+                        return Err(Error::NonFinite { step: self.ts.step + 1, value });
+                    }
+                    bad = Some(value);
+                    loss_sum = value as f64;
+                    break;
                 }
                 loss_sum += value as f64;
                 accumulate_grads(&self.model, &grad, 1.0 / accum as f32, &mut grads);
                 self.state = next.detach();
             }
-            let grad_norm = clip_global_norm(&mut grads, self.cfg.grad_clip);
-            if !grad_norm.is_finite() {
-                return Err(Error::NonFinite { step: self.ts.step + 1, value: grad_norm });
+            let grad_norm = if bad.is_none() { clip_global_norm(&mut grads, self.cfg.grad_clip) } else { f32::NAN };
+            if bad.is_none() && !grad_norm.is_finite() {
+                if !skip_bad {
+                    return Err(Error::NonFinite { step: self.ts.step + 1, value: grad_norm });
+                }
+                bad = Some(grad_norm);
             }
-            self.model = self.opt.update(self.model.clone(), &grads, lr);
+            if bad.is_none() {
+                let before = skip_bad.then(|| (self.model.clone(), self.opt.moments.clone(), self.opt.step));
+                self.model = self.opt.update(self.model.clone(), &grads, lr);
+                // Finite gradients can still overflow the weights (a huge learning rate); such
+                // weights are never kept, so a checkpoint is never written with them.
+                if !params_finite(&self.model) {
+                    match before {
+                        Some((model, moments, step)) => {
+                            self.model = model;
+                            self.opt.moments = moments;
+                            self.opt.step = step;
+                            bad = Some(f32::NAN);
+                        }
+                        None => return Err(Error::NonFinite { step: self.ts.step + 1, value: f32::NAN }),
+                    }
+                }
+            }
             self.ts.step += 1;
             self.ts.tokens += self.cfg.tokens_per_step();
             self.ts.elapsed = elapsed0 + clock.elapsed().as_secs_f64();
             window.1 += self.cfg.tokens_per_step();
             let step = self.ts.step;
-            if step % self.cfg.log_every == 0 || step == 1 {
+            if let Some(value) = bad {
+                // Skipped: weights and optimiser unchanged; the streams go on from a fresh
+                // state (the carried one may be what overflowed).
+                self.state = State::zeros(&self.cfg.model, b, &self.autodiff);
+                self.ts.bad_steps += 1;
+                self.ts.plateau.scale *= 0.5;
+                keep_going &= emit(
+                    Event::Skipped {
+                        step,
+                        tokens: self.ts.tokens,
+                        lr,
+                        loss: loss_sum / accum as f64,
+                        grad_norm: grad_norm as f64,
+                        lr_scale: self.ts.plateau.scale,
+                        consecutive: self.ts.bad_steps,
+                        elapsed: self.ts.elapsed,
+                    },
+                    metrics,
+                );
+                if self.ts.bad_steps >= MAX_BAD_STEPS {
+                    return Err(Error::NonFinite { step, value });
+                }
+            } else {
+                self.ts.bad_steps = 0;
+            }
+            if bad.is_none() && (step % self.cfg.log_every == 0 || step == 1) {
                 let secs = window.0.elapsed().as_secs_f64().max(1e-9);
                 keep_going &= emit(
                     Event::Step {
@@ -588,6 +687,10 @@ impl Run {
                 last_eval = Some(r.loss);
                 last_saved = Some(saved);
                 window = (Instant::now(), 0);
+                let patience = self.cfg.early_stop_patience;
+                if patience > 0 && self.ts.plateau.evals_since_best >= patience {
+                    break "early_stop";
+                }
             } else if self.cfg.save_every > 0 && step % self.cfg.save_every == 0 && !finishing {
                 let path = self.save(false)?;
                 keep_going &= emit(Event::Saved { step, path: path.clone() }, metrics);
@@ -595,7 +698,11 @@ impl Run {
             }
         };
         let interrupted = reason == "interrupted";
-        let checkpoint = if interrupted {
+        let early = if reason == "early_stop" { last_saved.clone() } else { None };
+        let checkpoint = if let Some(p) = early {
+            // Evaluated and saved at this very step.
+            p
+        } else if interrupted {
             // Save without evaluating: the user is waiting.
             match last_saved.filter(|p| p.ends_with(format!("step-{}", self.ts.step))) {
                 Some(p) => p,
@@ -626,13 +733,21 @@ impl Run {
         Ok(Outcome { run_dir: self.run_dir.clone(), checkpoint, step: self.ts.step, interrupted, final_val_loss: last_eval })
     }
 
-    /// Evaluates, writes a sample, saves a checkpoint (marking it best if it is).
+    /// Evaluates, writes a sample, saves a checkpoint (marking it best if it is). An
+    /// evaluation on the `eval_every` cadence also drives reduce-on-plateau and early stopping
+    /// (an extra one at the end of a budget does not, so a run stopped and resumed there
+    /// continues as an uninterrupted one).
     fn eval_and_save(
         &mut self,
         emit: &mut dyn FnMut(Event, &mut Metrics) -> bool,
         metrics: &mut Metrics,
     ) -> Result<(EvalResult, PathBuf)> {
         let r = self.evaluate();
+        if self.cfg.eval_every > 0 && self.ts.step % self.cfg.eval_every == 0 {
+            let c = &self.cfg;
+            let reduce = c.schedule == Schedule::Plateau;
+            self.ts.plateau.observe(r.loss, reduce, c.plateau_patience, c.plateau_factor, c.min_lr_ratio);
+        }
         let best = self.ts.best_val_loss.map_or(true, |b| r.loss < b);
         if best {
             self.ts.best_val_loss = Some(r.loss);
