@@ -15,8 +15,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import atexit
+import tempfile
+
 import numpy as np
 import pytest
+
+# Token caches of the whole test session go to a temporary directory, not ~/.cache (set before
+# any test runs; CLI subprocesses inherit it through clean_env()).
+_SESSION_CACHE = tempfile.mkdtemp(prefix="grufinity-test-cache-")
+os.environ["GRUFINITY_CACHE"] = _SESSION_CACHE
+atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

@@ -3,22 +3,13 @@ token cache, ``grufinity data stats``, and clear errors for bad input."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from conftest import TINY, run_cli, write_corpus
-
-# Token caches of this test session go to a temporary directory, not ~/.cache (set before
-# any test runs; the CLI subprocesses inherit it through clean_env()).
-_SESSION_CACHE = tempfile.mkdtemp(prefix="grufinity-test-cache-")
-os.environ["GRUFINITY_CACHE"] = _SESSION_CACHE
-atexit.register(shutil.rmtree, _SESSION_CACHE, True)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -12,6 +12,7 @@ Quick start::
 from __future__ import annotations
 
 import codecs
+import dataclasses
 import json
 import queue
 import threading
@@ -21,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from . import _grufinity, corpus
+from . import _grufinity, corpus, devices
 from .config import TrainConfig
 from .errors import (
     CheckpointError,
@@ -81,12 +82,17 @@ def train(
         description = corpus.describe(files) if config.data else corpus.DEFAULT_CORPUS_DESCRIPTION
     else:
         files, description = [], ""
-    core_json = config.to_core_json(files, description, name)
+    device, skipped = devices.resolve(config.device)
+    core_json = dataclasses.replace(config, device=device).to_core_json(files, description, name)
 
     def callback(event_json: str) -> bool:
         if on_event is None:
             return True
-        return on_event(json.loads(event_json)) is not False
+        event = json.loads(event_json)
+        if event["event"] == "start" and config.device.strip().lower() == "auto":
+            event["device_reason"] = "auto: " + event["device_reason"]
+            event["device_skipped"] = skipped + event.get("device_skipped", [])
+        return on_event(event) is not False
 
     out = _grufinity.train(core_json, str(resume_path) if resume_path else None, callback)
     return json.loads(out)
@@ -324,7 +330,8 @@ _GENERATE_KEYWORDS: dict[str, Any] = dict(
 
 def load(path: str | Path, device: str = "auto") -> Model:
     """Loads a run directory (its best checkpoint, else its last) or a checkpoint directory."""
-    return Model(_grufinity.Model.load(str(path), device))
+    resolved, _ = devices.resolve(device)
+    return Model(_grufinity.Model.load(str(path), resolved))
 
 
 __all__ = [

@@ -69,7 +69,8 @@ class Progress:
     """Renders trainer events: a live line on a terminal, plain lines otherwise, JSON lines for
     machines, nothing but errors with --quiet."""
 
-    def __init__(self, mode: str) -> None:
+    def __init__(self, mode: str, verbose: bool = False) -> None:
+        self.verbose = verbose
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "plain"
         self.mode = mode
@@ -107,6 +108,9 @@ class Progress:
             self._line(f"run: {e['run_dir']} ({where})")
             if e["data"]:
                 self._line(f"data: {e['data']}")
+            if self.verbose:
+                for backend, why in e.get("device_skipped", []):
+                    self._line(f"device: skipped {backend}: {why}")
             if not getattr(self, "data_live", False):
                 for message in e.get("data_log") or []:
                     self._line(f"data: {message}")
@@ -253,7 +257,8 @@ def _with_options(options):
 @click.argument("data", nargs=-1)
 @_with_options(TRAIN_OPTIONS)
 @click.option("-q", "--quiet", is_flag=True, help="Print only the run directory and errors.")
-def train(data: tuple[str, ...], config: Optional[str], quiet: bool, **flags: Any) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Also say why `--device auto` skipped each backend.")
+def train(data: tuple[str, ...], config: Optional[str], quiet: bool, verbose: bool, **flags: Any) -> None:
     """Train a minGRU language model on DATA (files, directories or globs).
 
     Without DATA it trains on the built-in corpus: {default}, so the model learns to write
@@ -276,7 +281,7 @@ def train(data: tuple[str, ...], config: Optional[str], quiet: bool, **flags: An
     if any(k in explicit for k in budgets if k != "max_time") and "max_time" not in explicit:
         cfg.max_time = None  # the default time budget only applies when no other is given
     _inherit_from_resumed_run(cfg, explicit)
-    progress = Progress("none" if quiet else (cfg.progress if cfg.progress != "auto" else "auto"))
+    progress = Progress("none" if quiet else cfg.progress, verbose=verbose)
 
     terminated = {"sigterm": False}
 
@@ -665,17 +670,18 @@ def info(run: str, as_json: bool) -> None:
 
 @main.command()
 def devices() -> None:
-    """List the devices this build can use and which `auto` picks."""
-    from . import _grufinity
+    """List the backends of this build, whether each works here, and what `auto` picks.
 
-    name, reason = _grufinity.select_device("auto")
-    click.echo(f"auto -> {name}: {reason}")
-    for request in ("cpu", "cuda", "vulkan"):
-        try:
-            n, r = _grufinity.select_device(request)
-            click.echo(f"{request}: available ({r})")
-        except GrufinityError as e:
-            click.echo(f"{request}: unavailable ({e})")
+    GPU self-checks run in a child process, so a driver that crashes is reported, not fatal."""
+    from . import _grufinity
+    from .devices import probe, resolve
+
+    for name, ok, detail in _grufinity.list_devices(False):
+        if name.startswith("vulkan"):
+            ok, detail = probe(name)
+        click.echo(f"{name:8} {'available' if ok else 'unavailable'}: {detail}")
+    picked, _ = resolve("auto")
+    click.echo(f"auto picks: {picked}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,7 +8,6 @@ use numpy::{IntoPyArray, PyArray3, PyArrayDyn, PyReadonlyArray2};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
-use grufinity::data::Tokenizer;
 use grufinity::generate::{run_batch, sample, Decoder, DecoderState, Rng, SamplingConfig};
 use grufinity::model::State;
 use grufinity::train::{train as train_run, TrainConfig};
@@ -408,11 +407,27 @@ fn count_params(py: Python<'_>, model_json: &str) -> PyResult<usize> {
     Ok(model.num_params())
 }
 
-/// Resolves a device request; returns (name, reason) or raises DeviceError.
+/// Resolves a device request; returns (name, reason, [(skipped backend, why)]) or raises
+/// DeviceError.
 #[pyfunction]
-fn select_device(py: Python<'_>, request: &str) -> PyResult<(String, String)> {
-    let s = grufinity::device::select(request).map_err(|e| to_py(py, e))?;
-    Ok((s.name, s.reason))
+fn select_device(py: Python<'_>, request: &str) -> PyResult<(String, String, Vec<(String, String)>)> {
+    let s = py.detach(|| grufinity::device::select(request)).map_err(|e| to_py(py, e))?;
+    Ok((s.name, s.reason, s.skipped))
+}
+
+/// Every backend of this build: (name, works here, detail or reason). With `probe_gpus`
+/// False, GPU backends are listed without their self-check (the Python side runs it in a
+/// child process, where a crashing driver cannot take the caller down).
+#[pyfunction]
+#[pyo3(signature = (probe_gpus=true))]
+fn list_devices(py: Python<'_>, probe_gpus: bool) -> Vec<(String, bool, String)> {
+    py.detach(|| grufinity::device::list(probe_gpus))
+        .into_iter()
+        .map(|(name, status)| match status {
+            Ok(detail) => (name, true, detail),
+            Err(why) => (name, false, why),
+        })
+        .collect()
 }
 
 /// Statistics of corpus files under a tokenizer (`options_json`: tokenizer, vocab_size,
@@ -456,6 +471,7 @@ fn _grufinity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(size_model, m)?)?;
     m.add_function(wrap_pyfunction!(count_params, m)?)?;
     m.add_function(wrap_pyfunction!(select_device, m)?)?;
+    m.add_function(wrap_pyfunction!(list_devices, m)?)?;
     m.add_function(wrap_pyfunction!(data_stats, m)?)?;
     m.add_class::<Model>()?;
     m.add_class::<ModelState>()?;

@@ -15,7 +15,7 @@ use super::checkpoint::{
 use super::config::{OnNan, TrainConfig, MAX_BAD_STEPS};
 use super::eval::{evaluate, token_tensor, EvalResult};
 use super::optim::{accumulate_grads, clip_global_norm, params_finite, AdamW, AdamWConfig, GradMap, Plateau, Schedule};
-use super::params::named_params;
+use super::params::{map_params, named_params};
 use crate::data::batcher::splitmix;
 use crate::data::batcher::eval_regions;
 use crate::data::tokenizer::TokenizerSpec;
@@ -61,6 +61,8 @@ pub enum Event {
         run_dir: PathBuf,
         device: String,
         device_reason: String,
+        /// Backends `auto` tried before the chosen one, with why each was skipped.
+        device_skipped: Vec<(String, String)>,
         params: usize,
         train_tokens: usize,
         val_tokens: usize,
@@ -377,6 +379,18 @@ fn state_from_file(path: &Path, config: &ModelConfig, batch: usize, device: &Dev
     Ok(state)
 }
 
+/// A fresh model on `device`, initialised on the CPU from `seed` so that a seed gives the same
+/// weights on every backend (each backend has its own random generator).
+fn init_model(config: &ModelConfig, seed: u64, device: &Device) -> Result<MinGruLm> {
+    let cpu = Device::flex();
+    cpu.seed(seed);
+    let mut weights = named_params(&MinGruLm::new(config, &cpu)?);
+    Ok(map_params(MinGruLm::new(config, device)?, &mut |name, current| match weights.remove(name) {
+        Some(w) => Tensor::from_data(w.value.into_data(), &current.device()),
+        None => current,
+    }))
+}
+
 /// Reads a checkpoint's `trainer.json`.
 pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
     let path = ckpt.join("trainer.json");
@@ -448,7 +462,6 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
     let selected = device::select(&cfg.device)?;
     let device = selected.device.clone();
     let autodiff = device.clone().autodiff();
-    device.seed(cfg.seed);
 
     // Tokens come from the cache (encoded once, memory-mapped). The precheck bounds the token
     // count by the byte count, so a corpus too small for the split or the batch fails before
@@ -476,7 +489,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
     let data_hash = tokens.header.token_hash;
     let (eval_set, eval_bpt) = eval_set(&tokens, n_train, cfg.batch_size, cfg.eval_tokens, &tokenizer);
 
-    let mut model = MinGruLm::new(&cfg.model, &autodiff)?;
+    let mut model = init_model(&cfg.model, cfg.seed, &autodiff)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay });
     let mut state = State::zeros(&cfg.model, cfg.batch_size, &autodiff);
     let mut batcher = batcher;
@@ -538,6 +551,7 @@ impl Run {
             run_dir: self.run_dir.clone(),
             device: selected.name.clone(),
             device_reason: selected.reason.clone(),
+            device_skipped: selected.skipped.clone(),
             params: self.cfg.model.num_params(),
             train_tokens: self.n_train,
             val_tokens: self.tokens.len() - self.n_train,

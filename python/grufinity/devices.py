@@ -1,0 +1,68 @@
+"""Device selection with crash isolation.
+
+A GPU driver that cannot run GRUfinity's kernels may crash the process instead of reporting an
+error (seen: Mesa 22's lavapipe segfaults compiling a compute pipeline). So before a GPU backend
+is used, its self-check runs once in a child process; only a device that passed there is used
+in this one, and a crash becomes a reason like any other.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import subprocess
+import sys
+
+from .errors import ConfigError, DeviceError
+
+#: GPU devices `auto` tries, in order, before the CPU: the first discrete GPU (a software Vulkan
+#: device is slower than the CPU backend, so it is used only when asked for).
+AUTO_ORDER = ("vulkan:0",)
+
+_PROBE = "import sys, grufinity._grufinity as g; print(g.select_device(sys.argv[1])[1])"
+
+
+@functools.lru_cache(maxsize=None)
+def probe(request: str, timeout: float = 120.0) -> tuple[bool, str]:
+    """Runs the self-check of ``request`` in a child process: (works, detail or reason)."""
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _PROBE, request], capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return False, f"its self-check did not finish within {timeout:.0f} s"
+    if proc.returncode == 0:
+        return True, proc.stdout.strip()
+    if proc.returncode < 0:
+        try:
+            name = signal.Signals(-proc.returncode).name
+        except ValueError:
+            name = f"signal {-proc.returncode}"
+        return False, f"its driver crashed during the self-check ({name})"
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    last = lines[-1] if lines else "self-check failed"
+    marker = "is not available: "
+    return False, last.split(marker, 1)[1] if marker in last else last
+
+
+def resolve(request: str) -> tuple[str, list[tuple[str, str]]]:
+    """The device to hand to the core for ``request``, and the backends ``auto`` skipped with
+    why. An explicit GPU request that fails its self-check raises DeviceError."""
+    req = request.strip().lower()
+    kind = req.split(":", 1)[0]
+    if req == "auto":
+        skipped = []
+        for candidate in AUTO_ORDER:
+            ok, why = probe(candidate)
+            if ok:
+                return candidate, skipped
+            skipped.append((candidate, why))
+        return "cpu", skipped
+    if kind in ("vulkan", "wgpu"):
+        ok, why = probe(req)
+        if not ok:
+            raise DeviceError(f"device `{request}` is not available: {why}")
+        return req, []
+    if kind in ("cpu", "flex", "cuda", "gpu"):
+        return req, []  # the core answers these itself, without risk
+    raise ConfigError(f"invalid config `device`: unknown device `{request}` (choose: auto, cpu, cuda[:N], vulkan[:N])")
