@@ -46,21 +46,7 @@ fn train(py: Python<'_>, config_json: &str, resume: Option<PathBuf>, callback: O
     let mut pending: Option<PyErr> = None;
     let result = py.detach(|| {
         train_run(config, resume.as_deref(), &mut |event| {
-            Python::attach(|py| {
-                if let Err(e) = py.check_signals() {
-                    pending.get_or_insert(e);
-                    return false;
-                }
-                let Some(cb) = &callback else { return true };
-                let json = serde_json::to_string(event).unwrap_or_default();
-                match cb.call1(py, (json,)) {
-                    Ok(r) => !r.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned()),
-                    Err(e) => {
-                        pending.get_or_insert(e);
-                        false
-                    }
-                }
-            })
+            notify(callback.as_ref(), &mut pending, event)
         })
     });
     let outcome = match (result, pending.take()) {
@@ -117,6 +103,27 @@ impl ModelState {
 /// Python's truth value of a callback's result: only an explicit False means "stop".
 fn is_false(py: Python<'_>, value: &Py<PyAny>) -> bool {
     value.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned())
+}
+
+/// Hands a core event to a Python callback as JSON, from Rust work running without the GIL.
+/// Returns false when the work should stop: the callback returned False, or it raised, or a
+/// signal handler did (Ctrl-C); the exception is kept in `pending` to be raised afterwards.
+fn notify<E: serde::Serialize>(callback: Option<&Py<PyAny>>, pending: &mut Option<PyErr>, event: &E) -> bool {
+    Python::attach(|py| {
+        if let Err(e) = py.check_signals() {
+            pending.get_or_insert(e);
+            return false;
+        }
+        let Some(cb) = callback else { return true };
+        let json = serde_json::to_string(event).unwrap_or_default();
+        match cb.call1(py, (json,)) {
+            Ok(r) => !is_false(py, &r),
+            Err(e) => {
+                pending.get_or_insert(e);
+                false
+            }
+        }
+    })
 }
 
 #[pymethods]
@@ -440,21 +447,7 @@ fn data_stats(py: Python<'_>, paths: Vec<PathBuf>, options_json: &str, top: usiz
     let mut pending: Option<PyErr> = None;
     let result = py.detach(|| {
         grufinity::data::stats::corpus_stats(&paths, &opts, top, &mut |event| {
-            Python::attach(|py| {
-                if let Err(e) = py.check_signals() {
-                    pending.get_or_insert(e);
-                    return false;
-                }
-                let Some(cb) = &callback else { return true };
-                let json = serde_json::to_string(event).unwrap_or_default();
-                match cb.call1(py, (json,)) {
-                    Ok(r) => !r.bind(py).is(&false.into_pyobject(py).expect("bool").to_owned()),
-                    Err(e) => {
-                        pending.get_or_insert(e);
-                        false
-                    }
-                }
-            })
+            notify(callback.as_ref(), &mut pending, event)
         })
     });
     if let Some(e) = pending {
