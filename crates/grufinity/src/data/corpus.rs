@@ -13,17 +13,6 @@ use crate::error::{Error, Result};
 /// Target size of a block handed to one encoder thread.
 pub const BLOCK_BYTES: usize = 1 << 20;
 
-/// Reads and concatenates `paths` in order. Every path must be a readable, non-empty file;
-/// an empty total is an error.
-pub fn read_files(paths: &[PathBuf]) -> Result<Vec<u8>> {
-    let corpus = Corpus::open(paths)?;
-    let mut out = Vec::with_capacity(corpus.total_bytes() as usize);
-    for f in &corpus.files {
-        out.extend_from_slice(&std::fs::read(&f.path).map_err(|e| Error::io(&f.path, e))?);
-    }
-    Ok(out)
-}
-
 /// One file of a corpus.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceFile {
