@@ -8,7 +8,8 @@ use numpy::{IntoPyArray, PyArray3, PyArrayDyn, PyReadonlyArray2};
 use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
-use grufinity::generate::{run_batch, sample, Decoder, DecoderState, Rng, SamplingConfig};
+use grufinity::generate::{run_batch, sample, Decoder, DecoderState, SamplingConfig};
+use grufinity::rng::Rng;
 use grufinity::model::State;
 use grufinity::train::{train as train_run, TrainConfig};
 use grufinity::Error;

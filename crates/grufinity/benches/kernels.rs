@@ -58,7 +58,7 @@ fn train_step(c: &mut Criterion) {
     let ad = Device::flex().autodiff();
     let cfg = ModelConfig::default();
     let (b, t) = (16, 256);
-    let mut model = MinGruLm::new(&cfg, &ad).expect("valid config");
+    let mut model = MinGruLm::new(&cfg, 0, &ad).expect("valid config");
     let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
     let ids: Vec<i64> = (0..b * t).map(|i| ((i * 31 + 7) % 256) as i64).collect();
     let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, t]), &ad);

@@ -96,7 +96,7 @@ fn main() {
 fn model_only(device: &Device, ad: &Device, b: usize, t: usize) {
     let (device, ad) = (device.clone(), ad.clone());
     let cfg = ModelConfig { dim: 128, depth: 3, ..Default::default() };
-    let model = MinGruLm::new(&cfg, &ad).unwrap();
+    let model = MinGruLm::new(&cfg, 0, &ad).unwrap();
     let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
     time("model fwd (no grad)", 3, || {
         let m = burn::module::Module::valid(&model);

@@ -229,3 +229,15 @@ pub fn list(probe_gpus: bool) -> Vec<(String, std::result::Result<String, String
         })
         .collect()
 }
+
+/// Burn's backends keep one random generator per process, so two models drawing random numbers
+/// at once (two trainings in one process, parallel tests) would interleave their draws.
+static RNG: Mutex<()> = Mutex::new(());
+
+/// Runs `f` with `device`'s random generator seeded to `seed` and no other caller of this
+/// function drawing meanwhile: what `f` draws is a function of `seed` alone.
+pub fn with_seed<R>(device: &Device, seed: u64, f: impl FnOnce() -> R) -> R {
+    let _only_us = RNG.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    device.seed(seed);
+    f()
+}

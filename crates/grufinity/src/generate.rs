@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{LayerState, MinGruLm, ModelConfig, State};
+use crate::rng::Rng;
 
 /// Largest accepted beam width.
 pub const MAX_BEAMS: usize = 256;
@@ -124,37 +125,6 @@ impl SamplingConfig {
             }
         }
         Ok(())
-    }
-}
-
-/// SplitMix64 finaliser.
-fn mix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// A small, fast, seedable random generator (SplitMix64).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(mix(seed))
-    }
-    /// Uniform in `[0, 1)`.
-    pub fn uniform(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(1);
-        (mix(self.0) >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// The generator's position, to save it.
-    pub fn position(&self) -> u64 {
-        self.0
-    }
-    /// A generator at a saved [`position`](Self::position).
-    pub fn at_position(position: u64) -> Self {
-        Self(position)
     }
 }
 

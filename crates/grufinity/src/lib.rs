@@ -6,6 +6,7 @@
 //! - [`generate`]: stateful decoding and sampling.
 //! - [`device`]: backend selection.
 //! - [`load`]: a trained model back from a run or checkpoint.
+//! - [`rng`]: seedable random numbers independent of Burn's process-wide generator.
 
 pub mod data;
 pub mod device;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod generate;
 pub mod load;
 pub mod model;
+pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};

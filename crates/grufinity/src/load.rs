@@ -24,7 +24,7 @@ pub struct Loaded {
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
     let checkpoint = resolve_checkpoint(path, "best")?;
     let trainer = read_trainer_state(&checkpoint)?;
-    let model = MinGruLm::new(&trainer.config.model, device)?;
+    let model = MinGruLm::new(&trainer.config.model, 0, device)?;
     let model = load_module(model, &checkpoint.join("model.safetensors"), device)?;
     Ok(Loaded { checkpoint, model, tokenizer: trainer.tokenizer.clone(), trainer, device: device.clone() })
 }

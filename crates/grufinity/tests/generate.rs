@@ -8,9 +8,10 @@ use burn::tensor::{Int, Tensor, TensorData};
 use common::{cpu, max_abs_diff, to_vec};
 use grufinity::data::Tokenizer;
 use grufinity::generate::{
-    pick, process_logits, run_batch, sample, Decoder, DecoderState, Finish, Generation, Rng, SamplingConfig,
+    pick, process_logits, run_batch, sample, Decoder, DecoderState, Finish, Generation, SamplingConfig,
 };
 use grufinity::model::{MinGruLm, ModelConfig, State};
+use grufinity::rng::Rng;
 use grufinity::Error;
 
 fn configs() -> Vec<ModelConfig> {
@@ -56,7 +57,7 @@ fn config_field(err: Error) -> String {
 fn greedy_equals_argmax_of_a_parallel_forward() {
     let prompt: Vec<u32> = b"Hello, world".iter().map(|&b| b as u32).collect();
     for config in configs() {
-        let model = MinGruLm::new(&config, &cpu()).unwrap();
+        let model = MinGruLm::new(&config, 0, &cpu()).unwrap();
         let (g, _) = run(&model, &config, &prompt, &greedy(24));
         assert_eq!(g.tokens.len(), 24);
         assert_eq!(g.finish, Finish::Length);
@@ -89,7 +90,7 @@ fn batched_equals_unbatched() {
         .map(|p| p.into_iter().map(u32::from).collect())
         .collect();
     for config in configs() {
-        let model = MinGruLm::new(&config, &device).unwrap();
+        let model = MinGruLm::new(&config, 0, &device).unwrap();
         for cfg in [greedy(10), SamplingConfig { temperature: 1.0, top_k: 50, max_new_tokens: 10, seed: 3, ..Default::default() }] {
             let mut decoders: Vec<Decoder> = prompts
                 .iter()
@@ -120,7 +121,7 @@ fn batched_equals_unbatched() {
 fn batch_rows_end_independently() {
     let device = cpu();
     let config = configs().remove(0);
-    let model = MinGruLm::new(&config, &device).unwrap();
+    let model = MinGruLm::new(&config, 0, &device).unwrap();
     // Row 0 ends at its end-of-sequence token (its own greedy pick), row 1 runs on.
     let mut probe = Decoder::new(&model, &config, &device);
     probe.feed(&[1, 2, 3]);
@@ -147,7 +148,7 @@ fn continued_generation_equals_one_long_generation() {
     let device = cpu();
     let prompt: Vec<u32> = b"def f(x):".iter().map(|&b| b as u32).collect();
     for config in configs() {
-        let model = MinGruLm::new(&config, &device).unwrap();
+        let model = MinGruLm::new(&config, 0, &device).unwrap();
         for base in [greedy(0), SamplingConfig { temperature: 0.9, top_p: 0.95, repetition_penalty: 1.3, seed: 11, ..Default::default() }] {
             let long = SamplingConfig { max_new_tokens: 30, ..base.clone() };
             let (whole, _) = run(&model, &config, &prompt, &long);
@@ -168,7 +169,7 @@ fn continued_generation_equals_one_long_generation() {
 fn saved_state_is_checked_against_the_model() {
     let device = cpu();
     let config = configs().remove(1);
-    let model = MinGruLm::new(&config, &device).unwrap();
+    let model = MinGruLm::new(&config, 0, &device).unwrap();
     let (_, state) = run(&model, &config, &[1, 2, 3], &greedy(4));
     let bytes = state.to_bytes(&config).unwrap();
     let other = ModelConfig { dim: 32, ..config.clone() };
@@ -184,7 +185,7 @@ fn saved_state_is_checked_against_the_model() {
 fn state_stack_then_select_rows_round_trips() {
     let device = cpu();
     let config = configs().remove(1);
-    let model = MinGruLm::new(&config, &device).unwrap();
+    let model = MinGruLm::new(&config, 0, &device).unwrap();
     let (_, a) = run(&model, &config, &[1, 2, 3], &greedy(2));
     let (_, b) = run(&model, &config, &[7], &greedy(2));
     let stacked = State::stack(vec![a.state.clone(), b.state.clone(), a.state.clone()]).unwrap();
@@ -311,7 +312,7 @@ fn beam_search_of_width_one_is_greedy_and_wider_is_no_worse() {
     let device = cpu();
     let prompt: Vec<u32> = b"import os\n".iter().map(|&b| b as u32).collect();
     for config in configs() {
-        let model = MinGruLm::new(&config, &device).unwrap();
+        let model = MinGruLm::new(&config, 0, &device).unwrap();
         let (g, _) = run(&model, &config, &prompt, &greedy(16));
         let mut dec = Decoder::new(&model, &config, &device);
         dec.feed(&prompt);
@@ -346,7 +347,7 @@ fn some_char(bytes: &[u8]) -> Option<(usize, String)> {
 fn stop_strings_end_generation_and_are_left_out() {
     let device = cpu();
     let config = configs().remove(0);
-    let model = MinGruLm::new(&config, &device).unwrap();
+    let model = MinGruLm::new(&config, 0, &device).unwrap();
     let prompt = [65, 66, 67];
     // All-distinct tokens so the output has characters to stop at.
     let base = SamplingConfig { no_repeat_ngram_size: 1, ..greedy(60) };
@@ -377,7 +378,7 @@ fn stop_strings_end_generation_and_are_left_out() {
 fn cancelling_from_the_callback_stops() {
     let device = cpu();
     let config = configs().remove(0);
-    let model = MinGruLm::new(&config, &device).unwrap();
+    let model = MinGruLm::new(&config, 0, &device).unwrap();
     let mut dec = Decoder::new(&model, &config, &device);
     let mut calls = 0;
     let g = dec
@@ -414,7 +415,7 @@ fn bad_values_name_the_field() {
     assert_eq!(config_field(eos.validate_for(256).unwrap_err()), "eos");
     // Decoder::run validates before generating anything.
     let config = configs().remove(0);
-    let model = MinGruLm::new(&config, &cpu()).unwrap();
+    let model = MinGruLm::new(&config, 0, &cpu()).unwrap();
     let mut dec = Decoder::new(&model, &config, &cpu());
     let err = dec.run(&SamplingConfig { beams: 0, ..ok }, &Tokenizer::Byte, &mut |_| true).unwrap_err();
     assert_eq!(config_field(err), "beams");

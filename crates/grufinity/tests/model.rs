@@ -48,7 +48,7 @@ fn chunked_equals_unchunked() {
     let device = cpu();
     let (b, t) = (2, 60);
     for cfg in configs() {
-        let model = MinGruLm::new(&cfg, &device).unwrap();
+        let model = MinGruLm::new(&cfg, 0, &device).unwrap();
         let mut rng = Rng(5);
         let ids = tokens(&mut rng, b, t, cfg.vocab_size);
         let (full, full_state) = model.forward(int2(&ids, b, t), State::zeros(&cfg, b, &device));
@@ -78,7 +78,7 @@ fn step_by_step_equals_parallel() {
     let device = cpu();
     let (b, t) = (2, 25);
     for cfg in configs() {
-        let model = MinGruLm::new(&cfg, &device).unwrap();
+        let model = MinGruLm::new(&cfg, 0, &device).unwrap();
         let ids = tokens(&mut Rng(9), b, t, cfg.vocab_size);
         let (full, _) = model.forward(int2(&ids, b, t), State::zeros(&cfg, b, &device));
         let mut state = State::zeros(&cfg, b, &device);
@@ -100,7 +100,7 @@ fn parameter_count_matches_formula() {
         ModelConfig::default(),
         ModelConfig { dim: 64, depth: 3, expansion: 2.0, ff_mult: 3.0, ..Default::default() },
     ]) {
-        let model = MinGruLm::new(&cfg, &device).unwrap();
+        let model = MinGruLm::new(&cfg, 0, &device).unwrap();
         assert_eq!(model.num_params(), cfg.num_params(), "{cfg:?}");
     }
 }
@@ -133,7 +133,7 @@ fn invalid_configs_name_the_field() {
 fn gradient_reaches_every_parameter() {
     let device = cpu().autodiff();
     for cfg in configs() {
-        let model = MinGruLm::new(&cfg, &device).unwrap();
+        let model = MinGruLm::new(&cfg, 0, &device).unwrap();
         let (b, t) = (2, 12);
         let mut rng = Rng(1);
         let ids = tokens(&mut rng, b, t, cfg.vocab_size);
@@ -156,7 +156,7 @@ fn gradient_reaches_every_parameter() {
 fn gradients_match_finite_differences() {
     let device = cpu().autodiff();
     let cfg = ModelConfig { vocab_size: 11, dim: 8, depth: 1, conv_kernel: 2, ..Default::default() };
-    let model = MinGruLm::new(&cfg, &device).unwrap();
+    let model = MinGruLm::new(&cfg, 0, &device).unwrap();
     let (b, t) = (1, 9);
     let mut rng = Rng(2);
     let ids = tokens(&mut rng, b, t, cfg.vocab_size);
@@ -189,4 +189,25 @@ fn gradients_match_finite_differences() {
             assert!((a - numeric).abs() <= 2e-3 + 0.05 * a.abs(), "{name}[{idx}]: analytic {a} vs numeric {numeric}");
         }
     }
+}
+
+#[test]
+fn a_seed_gives_the_same_weights_while_other_models_initialise() {
+    let cfg = ModelConfig { vocab_size: 50, dim: 32, depth: 2, conv_kernel: 4, ..Default::default() };
+    let weights = |seed| -> Vec<(String, Vec<f32>)> {
+        let model = MinGruLm::new(&cfg, seed, &cpu()).unwrap();
+        named_params(&model).into_iter().map(|(k, p)| (k, to_vec(p.value))).collect()
+    };
+    let alone = weights(7);
+    // Other models drawing at the same time must not shift this model's draws.
+    let others: Vec<_> = (0..4)
+        .map(|s| {
+            let cfg = cfg.clone();
+            std::thread::spawn(move || (0..20).for_each(|_| drop(MinGruLm::new(&cfg, s, &cpu()))))
+        })
+        .collect();
+    let busy: Vec<_> = (0..20).map(|_| weights(7)).collect();
+    others.into_iter().for_each(|t| t.join().unwrap());
+    assert!(busy.iter().all(|w| *w == alone), "seed 7 gave different weights under concurrency");
+    assert_ne!(weights(8), alone, "different seeds give different weights");
 }

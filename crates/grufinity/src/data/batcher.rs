@@ -19,6 +19,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rng::splitmix;
 
 /// Where a batcher is: everything needed to continue at the exact next token.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -171,12 +172,6 @@ impl StreamBatcher {
 }
 
 /// SplitMix64 finaliser: a good 64-bit hash for seeds.
-pub fn splitmix(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
 
 /// Splits `n` tokens into a training head and a validation tail of fraction `val_fraction`.
 /// Returns the number of training tokens.

@@ -6,14 +6,15 @@
 //! ```
 
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::{gelu, silu};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 use super::config::{FeedForwardKind, ModelConfig};
 use super::conv::CausalConv;
 use super::fused;
-use super::mingru::{uniform_fan_in, MinGru};
+use super::init::Init;
+use super::mingru::MinGru;
 use super::state::LayerState;
 
 /// GELU or SwiGLU feed-forward.
@@ -29,18 +30,10 @@ pub struct FeedForward {
 
 impl FeedForward {
     /// A feed-forward of model width `dim` and hidden width `hidden`.
-    pub fn new(dim: usize, hidden: usize, kind: FeedForwardKind, device: &Device) -> Self {
+    pub fn new(dim: usize, hidden: usize, kind: FeedForwardKind, init: &mut Init) -> Self {
         let swiglu = kind == FeedForwardKind::Swiglu;
         let up_out = if swiglu { 2 * hidden } else { hidden };
-        Self {
-            up: LinearConfig::new(dim, up_out)
-                .with_initializer(uniform_fan_in(dim))
-                .init(device),
-            down: LinearConfig::new(hidden, dim)
-                .with_initializer(uniform_fan_in(hidden))
-                .init(device),
-            swiglu,
-        }
+        Self { up: init.linear_with_bias(dim, up_out), down: init.linear_with_bias(hidden, dim), swiglu }
     }
 
     /// `[B, T, D] -> [B, T, D]`.
@@ -71,14 +64,14 @@ pub struct Block {
 
 impl Block {
     /// A block as described by `config`.
-    pub fn new(config: &ModelConfig, device: &Device) -> Self {
+    pub fn new(config: &ModelConfig, init: &mut Init) -> Self {
         let d = config.dim;
         Self {
-            norm_mix: RmsNormConfig::new(d).init(device),
-            conv: (config.conv_kernel > 0).then(|| CausalConv::new(d, config.conv_kernel, device)),
-            mingru: MinGru::new(d, config.inner(), device),
-            norm_ff: RmsNormConfig::new(d).init(device),
-            ff: FeedForward::new(d, config.ff_hidden(), config.ff_kind, device),
+            norm_mix: RmsNormConfig::new(d).init(init.device()),
+            conv: (config.conv_kernel > 0).then(|| CausalConv::new(d, config.conv_kernel, init)),
+            mingru: MinGru::new(d, config.inner(), init),
+            norm_ff: RmsNormConfig::new(d).init(init.device()),
+            ff: FeedForward::new(d, config.ff_hidden(), config.ff_kind, init),
             dropout: DropoutConfig::new(config.dropout).init(),
         }
     }

@@ -2,9 +2,9 @@
 //! chunked and step-by-step evaluation equal one long pass.
 
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
-use super::mingru::uniform_fan_in;
+use super::init::Init;
 
 /// `y_t = bias + sum_k weight[k] * x_{t - K + 1 + k}`, per channel.
 #[derive(Module, Debug)]
@@ -17,11 +17,10 @@ pub struct CausalConv {
 
 impl CausalConv {
     /// Kernel of `kernel` taps over `dim` channels, PyTorch-style init (fan-in = kernel).
-    pub fn new(dim: usize, kernel: usize, device: &Device) -> Self {
-        let init = uniform_fan_in(kernel);
+    pub fn new(dim: usize, kernel: usize, init: &mut Init) -> Self {
         Self {
-            weight: init.init([kernel, dim], device),
-            bias: init.init([dim], device),
+            weight: init.uniform_fan_in([kernel, dim], kernel),
+            bias: init.uniform_fan_in([dim], kernel),
         }
     }
 

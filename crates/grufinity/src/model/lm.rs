@@ -1,13 +1,13 @@
 //! The minGRU language model: embedding, residual blocks, final RMSNorm, linear head.
 
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig, RmsNorm, RmsNormConfig};
+use burn::nn::{Embedding, Linear, RmsNorm, RmsNormConfig};
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::block::Block;
 use super::config::ModelConfig;
-use super::mingru::uniform_fan_in;
+use super::init::Init;
 use super::state::State;
 use crate::error::Result;
 
@@ -26,23 +26,18 @@ pub struct MinGruLm {
 }
 
 impl MinGruLm {
-    /// A freshly initialised model. Fails if `config` is invalid.
-    pub fn new(config: &ModelConfig, device: &Device) -> Result<Self> {
+    /// A model initialised from `seed` (the same weights on every backend). Fails if `config`
+    /// is invalid.
+    pub fn new(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
         config.validate()?;
         let (v, d) = (config.vocab_size, config.dim);
         let std = if config.tie_embeddings { 1.0 / (d as f64).sqrt() } else { 1.0 };
+        let mut init = Init::new(seed, device);
         Ok(Self {
-            embedding: EmbeddingConfig::new(v, d)
-                .with_initializer(Initializer::Normal { mean: 0.0, std })
-                .init(device),
-            blocks: (0..config.depth).map(|_| Block::new(config, device)).collect(),
+            embedding: init.embedding(v, d, std),
+            blocks: (0..config.depth).map(|_| Block::new(config, &mut init)).collect(),
             norm: RmsNormConfig::new(d).init(device),
-            head: (!config.tie_embeddings).then(|| {
-                LinearConfig::new(d, v)
-                    .with_bias(false)
-                    .with_initializer(uniform_fan_in(d))
-                    .init(device)
-            }),
+            head: (!config.tie_embeddings).then(|| init.linear(d, v)),
         })
     }
 

@@ -2,10 +2,11 @@
 //! and an output projection back to the model width when the inner width differs.
 
 use burn::module::Module;
-use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::{Device, Tensor};
+use burn::nn::Linear;
+use burn::tensor::Tensor;
 
 use super::fused;
+use super::init::Init;
 use super::scan::{log_coeffs_and_values, scan_log, step_log, LOG_ZERO};
 
 /// A minGRU layer of model width `D` and inner width `E`.
@@ -19,16 +20,10 @@ pub struct MinGru {
 
 impl MinGru {
     /// A layer with PyTorch-style uniform initialisation (`U(-1/sqrt(fan_in), 1/sqrt(fan_in))`).
-    pub fn new(dim: usize, inner: usize, device: &Device) -> Self {
-        let linear = |d_in: usize, d_out: usize| {
-            LinearConfig::new(d_in, d_out)
-                .with_bias(false)
-                .with_initializer(uniform_fan_in(d_in))
-                .init(device)
-        };
+    pub fn new(dim: usize, inner: usize, init: &mut Init) -> Self {
         Self {
-            to_hz: linear(dim, 2 * inner),
-            to_out: (inner != dim).then(|| linear(inner, dim)),
+            to_hz: init.linear(dim, 2 * inner),
+            to_out: (inner != dim).then(|| init.linear(inner, dim)),
         }
     }
 
@@ -71,14 +66,5 @@ impl MinGru {
         };
         let last = log_h.clone().narrow(1, t - 1, 1);
         (self.project_out(log_h.exp()), last)
-    }
-}
-
-/// PyTorch's default for linear layers: uniform in `±1/sqrt(fan_in)`.
-pub(crate) fn uniform_fan_in(fan_in: usize) -> Initializer {
-    let bound = 1.0 / (fan_in as f64).sqrt();
-    Initializer::Uniform {
-        min: -bound,
-        max: bound,
     }
 }

@@ -4,6 +4,7 @@ pub mod block;
 pub mod config;
 pub mod conv;
 pub mod fused;
+pub mod init;
 pub mod lm;
 pub mod mingru;
 pub mod scan;

@@ -15,8 +15,8 @@ use super::checkpoint::{
 use super::config::{OnNan, TrainConfig, MAX_BAD_STEPS};
 use super::eval::{evaluate, token_tensor, EvalResult};
 use super::optim::{accumulate_grads, clip_global_norm, params_finite, AdamW, AdamWConfig, GradMap, Plateau, Schedule};
-use super::params::{map_params, named_params};
-use crate::data::batcher::splitmix;
+use super::params::named_params;
+use crate::rng::splitmix;
 use crate::data::batcher::eval_regions;
 use crate::data::tokenizer::TokenizerSpec;
 use crate::data::{prepare, split_point, Cursor, DataEvent, StreamBatcher, TokenSource, TokenStore, Tokenizer};
@@ -379,18 +379,6 @@ fn state_from_file(path: &Path, config: &ModelConfig, batch: usize, device: &Dev
     Ok(state)
 }
 
-/// A fresh model on `device`, initialised on the CPU from `seed` so that a seed gives the same
-/// weights on every backend (each backend has its own random generator).
-fn init_model(config: &ModelConfig, seed: u64, device: &Device) -> Result<MinGruLm> {
-    let cpu = Device::flex();
-    cpu.seed(seed);
-    let mut weights = named_params(&MinGruLm::new(config, &cpu)?);
-    Ok(map_params(MinGruLm::new(config, device)?, &mut |name, current| match weights.remove(name) {
-        Some(w) => Tensor::from_data(w.value.into_data(), &current.device()),
-        None => current,
-    }))
-}
-
 /// Reads a checkpoint's `trainer.json`.
 pub fn read_trainer_state(ckpt: &Path) -> Result<TrainerState> {
     let path = ckpt.join("trainer.json");
@@ -489,7 +477,7 @@ pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMu
     let data_hash = tokens.header.token_hash;
     let (eval_set, eval_bpt) = eval_set(&tokens, n_train, cfg.batch_size, cfg.eval_tokens, &tokenizer);
 
-    let mut model = init_model(&cfg.model, cfg.seed, &autodiff)?;
+    let mut model = MinGruLm::new(&cfg.model, cfg.seed, &autodiff)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay });
     let mut state = State::zeros(&cfg.model, cfg.batch_size, &autodiff);
     let mut batcher = batcher;
@@ -603,13 +591,17 @@ impl Run {
                     let state = std::mem::replace(&mut self.state, State { layers: vec![] });
                     self.state = state.reset_rows(&batch.resets);
                 }
-                // Re-seeding per micro-step makes dropout masks a function of the step alone,
-                // so a resumed run draws exactly what an uninterrupted one would.
-                self.device.seed(splitmix(self.cfg.seed ^ splitmix(self.ts.step * accum as u64 + micro as u64)));
                 let inputs = token_tensor(&batch.inputs, b, t, &self.autodiff);
                 let targets = token_tensor(&batch.targets, b, t, &self.autodiff);
                 let state = std::mem::replace(&mut self.state, State { layers: vec![] });
-                let (loss, next) = self.model.loss(inputs, targets, state);
+                let (loss, next) = if self.cfg.model.dropout > 0.0 {
+                    // Seeding per micro-step makes dropout masks a function of the step alone,
+                    // so a resumed run draws exactly what an uninterrupted one would.
+                    let seed = splitmix(self.cfg.seed ^ splitmix(self.ts.step * accum as u64 + micro as u64));
+                    crate::device::with_seed(&self.device, seed, || self.model.loss(inputs, targets, state))
+                } else {
+                    self.model.loss(inputs, targets, state)
+                };
                 let grad = loss.backward();
                 let value = loss.into_scalar::<f32>();
                 if !value.is_finite() {

@@ -40,7 +40,7 @@ pub fn tensor3(values: &[f64], shape: [usize; 3], device: &Device) -> Tensor<3> 
 }
 
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32 data")
+    t.into_data().convert::<f32>().try_to_vec::<f32>().expect("f32 data")
 }
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
