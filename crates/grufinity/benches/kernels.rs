@@ -21,6 +21,7 @@ fn inputs(b: usize, t: usize, e: usize, device: &Device) -> (Tensor<3>, Tensor<3
 }
 
 fn scan(c: &mut Criterion) {
+    grufinity::alloc::keep_freed_memory();
     let cpu = Device::flex();
     let ad = cpu.clone().autodiff();
     let e = 576; // inner width of D = 384 at expansion 1.5
@@ -55,6 +56,7 @@ fn scan(c: &mut Criterion) {
 }
 
 fn train_step(c: &mut Criterion) {
+    grufinity::alloc::keep_freed_memory();
     let ad = Device::flex().autodiff();
     let cfg = ModelConfig::default();
     let (b, t) = (16, 256);

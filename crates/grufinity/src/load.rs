@@ -22,6 +22,7 @@ pub struct Loaded {
 /// Loads `path` (a run: its best checkpoint, else its last; or a checkpoint directory) onto
 /// `device`, without autodiff.
 pub fn load(path: &Path, device: &Device) -> Result<Loaded> {
+    crate::alloc::keep_freed_memory();
     let checkpoint = resolve_checkpoint(path, "best")?;
     let trainer = read_trainer_state(&checkpoint)?;
     let model = MinGruLm::new(&trainer.config.model, 0, device)?;
