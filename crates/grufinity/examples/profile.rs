@@ -16,6 +16,7 @@ fn time<F: FnMut()>(name: &str, n: usize, mut f: F) {
 }
 
 fn main() {
+    grufinity::alloc::keep_freed_memory();
     let device = Device::flex();
     let ad = device.clone().autodiff();
     let (b, t, e) = (16, 128, 192);
@@ -95,7 +96,10 @@ fn main() {
 
 fn model_only(device: &Device, ad: &Device, b: usize, t: usize) {
     let (device, ad) = (device.clone(), ad.clone());
-    let cfg = ModelConfig { dim: 128, depth: 3, ..Default::default() };
+    // `profile model N DIM DEPTH CHUNK`: N timed steps of that model at batch 16.
+    let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (dim, depth, t) = (arg(3, 128), arg(4, 3), arg(5, t));
+    let cfg = ModelConfig { dim, depth, ..Default::default() };
     let model = MinGruLm::new(&cfg, 0, &ad).unwrap();
     let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
     time("model fwd (no grad)", 3, || {
@@ -103,7 +107,7 @@ fn model_only(device: &Device, ad: &Device, b: usize, t: usize) {
         let (l, _) = m.loss(token_tensor(&tokens, b, t, &device), token_tensor(&tokens, b, t, &device), State::zeros(&cfg, b, &device));
         let _ = l.into_scalar::<f32>();
     });
-    let n = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let n = arg(2, 3);
     time("model fwd+bwd", n, || {
         let (l, _) = model.loss(token_tensor(&tokens, b, t, &ad), token_tensor(&tokens, b, t, &ad), State::zeros(&cfg, b, &ad));
         let _ = l.backward();

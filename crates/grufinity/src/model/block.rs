@@ -12,6 +12,7 @@ use burn::tensor::Tensor;
 
 use super::config::{FeedForwardKind, ModelConfig};
 use super::conv::CausalConv;
+use super::dense;
 use super::fused;
 use super::init::Init;
 use super::mingru::MinGru;
@@ -38,7 +39,7 @@ impl FeedForward {
 
     /// `[B, T, D] -> [B, T, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let up = self.up.forward(x);
+        let up = dense::linear(&self.up, x);
         let hidden = if self.swiglu {
             let h = up.dims()[2] / 2;
             silu(up.clone().narrow(2, 0, h)) * up.narrow(2, h, h)
@@ -47,7 +48,7 @@ impl FeedForward {
         } else {
             gelu(up)
         };
-        self.down.forward(hidden)
+        dense::linear(&self.down, hidden)
     }
 }
 

@@ -6,6 +6,7 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::{Device, Int, Tensor};
 
 use super::block::Block;
+use super::dense;
 use super::config::ModelConfig;
 use super::init::Init;
 use super::state::State;
@@ -56,8 +57,8 @@ impl MinGruLm {
 
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {
         match &self.head {
-            Some(head) => head.forward(x),
-            None => x.matmul(self.embedding.weight.val().transpose().unsqueeze::<3>()),
+            Some(head) => dense::linear(head, x),
+            None => dense::rows_times(x, self.embedding.weight.val().transpose()),
         }
     }
 

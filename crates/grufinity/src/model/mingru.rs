@@ -5,6 +5,7 @@ use burn::module::Module;
 use burn::nn::Linear;
 use burn::tensor::Tensor;
 
+use super::dense;
 use super::fused;
 use super::init::Init;
 use super::scan::{log_coeffs_and_values, scan_log, step_log, LOG_ZERO};
@@ -35,13 +36,13 @@ impl MinGru {
     /// Pre-activations `k_h`, `k_z`, each `[B, T, E]`, from `x`: `[B, T, D]`.
     fn pre_activations(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let e = self.inner();
-        let hz = self.to_hz.forward(x);
+        let hz = dense::linear(&self.to_hz, x);
         (hz.clone().narrow(2, 0, e), hz.narrow(2, e, e))
     }
 
     fn project_out(&self, h: Tensor<3>) -> Tensor<3> {
         match &self.to_out {
-            Some(out) => out.forward(h),
+            Some(out) => dense::linear(out, h),
             None => h,
         }
     }

@@ -2,6 +2,7 @@
 
 pub mod block;
 pub mod config;
+pub mod dense;
 pub mod conv;
 pub mod fused;
 pub mod init;
