@@ -122,11 +122,8 @@ fn fused_recurrence_matches_reference_and_scan_gradients() {
         let k_z = rng.normals(b * t * e, 2.0);
         let h0: Vec<f64> = (0..b * e).map(|_| rng.uniform()).collect();
         let device = cpu();
-        let got = fused::recurrence(
-            tensor3(&k_h, [b, t, e], &device),
-            tensor3(&k_z, [b, t, e], &device),
-            tensor3(&h0, [b, 1, e], &device),
-        );
+        let hz = Tensor::cat(vec![tensor3(&k_h, [b, t, e], &device), tensor3(&k_z, [b, t, e], &device)], 2);
+        let got = fused::recurrence(hz, tensor3(&h0, [b, 1, e], &device));
         let want = reference(&k_h, &k_z, &h0, b, t, e);
         assert!(max_abs_diff(&to_vec(got), &want) <= 1e-4, "T={t}");
 
@@ -138,7 +135,7 @@ fn fused_recurrence_matches_reference_and_scan_gradients() {
             let kz = tensor3(&k_z, [b, t, e], &ad).require_grad();
             let h0t = tensor3(&h0, [b, 1, e], &ad).require_grad();
             let h = if use_fused {
-                fused::recurrence(kh.clone(), kz.clone(), h0t.clone())
+                fused::recurrence(Tensor::cat(vec![kh.clone(), kz.clone()], 2), h0t.clone())
             } else {
                 let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
                 scan_log(lc, lv, h0t.clone().log()).exp()

@@ -38,18 +38,18 @@ use rayon::prelude::*;
 /// Backend operations of the fused recurrence.
 #[backend_extension(Flex, Autodiff)]
 pub trait MinGruScanOps: Backend {
-    /// `k_h`, `k_z`: `[B, T, E]`, `h0`: `[B, 1, E]` → `h`: `[B, T, E]` (linear space).
-    fn mingru_recurrence(k_h: FloatTensor<Self>, k_z: FloatTensor<Self>, h0: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `hz`: `[B, T, 2E]` (`k_h` then `k_z` along the last axis, as the input projection
+    /// produces them), `h0`: `[B, 1, E]` → `h`: `[B, T, E]` (linear space).
+    fn mingru_recurrence(hz: FloatTensor<Self>, h0: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// Gradients of [`MinGruScanOps::mingru_recurrence`]: given its inputs, its output `h` and
-    /// `dL/dh` (`[B, T, E]`), returns `(dL/dk_h, dL/dk_z, dL/dh0)`.
+    /// `dL/dh` (`[B, T, E]`), returns `(dL/dhz, dL/dh0)`.
     fn mingru_recurrence_backward(
-        k_h: FloatTensor<Self>,
-        k_z: FloatTensor<Self>,
+        hz: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         h: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
 
     /// Exact GELU, elementwise, any shape.
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -72,13 +72,11 @@ pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as MinGruScanOps>::fused_gelu(x.into_dispatch()))
 }
 
-/// `k_h`, `k_z`: `[B, T, E]`, `h0`: `[B, 1, E]` → `h`: `[B, T, E]`. Only on [`supported`] devices.
-pub fn recurrence(k_h: Tensor<3>, k_z: Tensor<3>, h0: Tensor<3>) -> Tensor<3> {
-    Tensor::from_dispatch(<Dispatch as MinGruScanOps>::mingru_recurrence(
-        k_h.into_dispatch(),
-        k_z.into_dispatch(),
-        h0.into_dispatch(),
-    ))
+/// `hz`: `[B, T, 2E]` (`k_h` then `k_z`), `h0`: `[B, 1, E]` → `h`: `[B, T, E]`. Taking the
+/// projection's output whole saves splitting it into two copies and, backward, joining the two
+/// gradients. Only on [`supported`] devices.
+pub fn recurrence(hz: Tensor<3>, h0: Tensor<3>) -> Tensor<3> {
+    Tensor::from_dispatch(<Dispatch as MinGruScanOps>::mingru_recurrence(hz.into_dispatch(), h0.into_dispatch()))
 }
 
 // ---------------------------------------------------------------- CPU kernels
@@ -147,19 +145,20 @@ fn dims3(t: &FlexTensor) -> [usize; 3] {
 }
 
 impl MinGruScanOps for Flex {
-    fn mingru_recurrence(k_h: FlexTensor, k_z: FlexTensor, h0: FlexTensor) -> FlexTensor {
-        let [b, t, e] = dims3(&k_h);
-        let (kh, kz, h0v) = (f32s(&k_h), f32s(&k_z), f32s(&h0));
+    fn mingru_recurrence(hz: FlexTensor, h0: FlexTensor) -> FlexTensor {
+        let [b, t, e2] = dims3(&hz);
+        let e = e2 / 2;
+        let (hz, h0v) = (f32s(&hz), f32s(&h0));
         let mut out = vec![0.0f32; b * t * e];
         out.par_chunks_mut(t * e).enumerate().for_each(|(row, out)| {
-            let (kh, kz) = (&kh[row * t * e..(row + 1) * t * e], &kz[row * t * e..(row + 1) * t * e]);
+            let hz = &hz[row * t * e2..(row + 1) * t * e2];
             let mut prev: Vec<f32> = h0v[row * e..(row + 1) * e].to_vec();
-            for step in 0..t {
-                let o = step * e;
+            for (out, hz) in out.chunks_exact_mut(e).zip(hz.chunks_exact(e2)) {
+                let (kh, kz) = hz.split_at(e);
                 for c in 0..e {
-                    let z = sigmoid(kz[o + c]);
-                    let h = prev[c] + z * (g(kh[o + c]) - prev[c]);
-                    out[o + c] = h;
+                    let z = sigmoid(kz[c]);
+                    let h = prev[c] + z * (g(kh[c]) - prev[c]);
+                    out[c] = h;
                     prev[c] = h;
                 }
             }
@@ -168,39 +167,35 @@ impl MinGruScanOps for Flex {
     }
 
     fn mingru_recurrence_backward(
-        k_h: FlexTensor,
-        k_z: FlexTensor,
+        hz: FlexTensor,
         h0: FlexTensor,
         h: FlexTensor,
         grad: FlexTensor,
-    ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let [b, t, e] = dims3(&k_h);
-        let (kh, kz, h0v, hv, gv) = (f32s(&k_h), f32s(&k_z), f32s(&h0), f32s(&h), f32s(&grad));
-        let mut dkh = vec![0.0f32; b * t * e];
-        let mut dkz = vec![0.0f32; b * t * e];
+    ) -> (FlexTensor, FlexTensor) {
+        let [b, t, e2] = dims3(&hz);
+        let e = e2 / 2;
+        let (hz, h0v, hv, gv) = (f32s(&hz), f32s(&h0), f32s(&h), f32s(&grad));
+        let mut dhz = vec![0.0f32; b * t * e2];
         let mut dh0 = vec![0.0f32; b * e];
-        dkh.par_chunks_mut(t * e)
-            .zip(dkz.par_chunks_mut(t * e))
-            .zip(dh0.par_chunks_mut(e))
-            .enumerate()
-            .for_each(|(row, ((dkh, dkz), dh0))| {
-                let base = row * t * e;
-                let mut carry = vec![0.0f32; e];
-                for step in (0..t).rev() {
-                    let o = step * e;
-                    for c in 0..e {
-                        let i = base + o + c;
-                        let z = sigmoid(kz[i]);
-                        let prev = if step == 0 { h0v[row * e + c] } else { hv[i - e] };
-                        let a = gv[i] + carry[c];
-                        dkz[o + c] = a * (g(kh[i]) - prev) * z * (1.0 - z);
-                        dkh[o + c] = a * z * g_prime(kh[i]);
-                        carry[c] = a * (1.0 - z);
-                    }
+        dhz.par_chunks_mut(t * e2).zip(dh0.par_chunks_mut(e)).enumerate().for_each(|(row, (dhz, dh0))| {
+            let (hz, hv, gv) = (&hz[row * t * e2..], &hv[row * t * e..], &gv[row * t * e..]);
+            let mut carry = vec![0.0f32; e];
+            for step in (0..t).rev() {
+                let (kh, kz) = hz[step * e2..(step + 1) * e2].split_at(e);
+                let (dkh, dkz) = dhz[step * e2..(step + 1) * e2].split_at_mut(e);
+                let prev = if step == 0 { &h0v[row * e..(row + 1) * e] } else { &hv[(step - 1) * e..step * e] };
+                let gv = &gv[step * e..(step + 1) * e];
+                for c in 0..e {
+                    let z = sigmoid(kz[c]);
+                    let a = gv[c] + carry[c];
+                    dkz[c] = a * (g(kh[c]) - prev[c]) * z * (1.0 - z);
+                    dkh[c] = a * z * g_prime(kh[c]);
+                    carry[c] = a * (1.0 - z);
                 }
-                dh0.copy_from_slice(&carry);
-            });
-        (flex(dkh, [b, t, e]), flex(dkz, [b, t, e]), flex(dh0, [b, 1, e]))
+            }
+            dh0.copy_from_slice(&carry);
+        });
+        (flex(dhz, [b, t, e2]), flex(dh0, [b, 1, e]))
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {
@@ -226,28 +221,19 @@ impl MinGruScanOps for Flex {
 // ---------------------------------------------------------------- autodiff
 
 impl<B: Backend + MinGruScanOps, C: CheckpointStrategy> MinGruScanOps for Autodiff<B, C> {
-    fn mingru_recurrence(
-        k_h: FloatTensor<Self>,
-        k_z: FloatTensor<Self>,
-        h0: FloatTensor<Self>,
-    ) -> FloatTensor<Self> {
+    fn mingru_recurrence(hz: FloatTensor<Self>, h0: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Recurrence;
 
-        impl<B: Backend + MinGruScanOps> Backward<B, 3> for Recurrence {
-            type State = (
-                B::FloatTensorPrimitive,
-                B::FloatTensorPrimitive,
-                B::FloatTensorPrimitive,
-                B::FloatTensorPrimitive,
-            );
+        impl<B: Backend + MinGruScanOps> Backward<B, 2> for Recurrence {
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, B::FloatTensorPrimitive);
 
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let (k_h, k_z, h0, h) = ops.state;
-                let [node_kh, node_kz, node_h0] = ops.parents;
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (hz, h0, h) = ops.state;
+                let [node_hz, node_h0] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                let (dkh, dkz, dh0) = B::mingru_recurrence_backward(k_h, k_z, h0, h, grad);
-                for (node, g) in [(node_kh, dkh), (node_kz, dkz), (node_h0, dh0)] {
+                let (dhz, dh0) = B::mingru_recurrence_backward(hz, h0, h, grad);
+                for (node, g) in [(node_hz, dhz), (node_h0, dh0)] {
                     if let Some(node) = node {
                         grads.register::<B>(node.id, g);
                     }
@@ -255,31 +241,25 @@ impl<B: Backend + MinGruScanOps, C: CheckpointStrategy> MinGruScanOps for Autodi
             }
         }
 
-        let guards = [k_h.node(), k_z.node(), h0.node()];
-        let (kh, kz, h0) = (k_h.into_primitive(), k_z.into_primitive(), h0.into_primitive());
-        let h = B::mingru_recurrence(kh.clone(), kz.clone(), h0.clone());
+        let guards = [hz.node(), h0.node()];
+        let (hz, h0) = (hz.into_primitive(), h0.into_primitive());
+        let h = B::mingru_recurrence(hz.clone(), h0.clone());
         match Recurrence.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((kh, kz, h0, h.clone()), h),
+            OpsKind::Tracked(prep) => prep.finish((hz, h0, h.clone()), h),
             OpsKind::UnTracked(prep) => prep.finish(h),
         }
     }
 
     fn mingru_recurrence_backward(
-        k_h: FloatTensor<Self>,
-        k_z: FloatTensor<Self>,
+        hz: FloatTensor<Self>,
         h0: FloatTensor<Self>,
         h: FloatTensor<Self>,
         grad: FloatTensor<Self>,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         // Gradients of gradients are not needed: compute on the inner backend, untracked.
-        let (a, b, c) = B::mingru_recurrence_backward(
-            k_h.into_primitive(),
-            k_z.into_primitive(),
-            h0.into_primitive(),
-            h.into_primitive(),
-            grad.into_primitive(),
-        );
-        (Self::from_inner(a), Self::from_inner(b), Self::from_inner(c))
+        let (a, b) =
+            B::mingru_recurrence_backward(hz.into_primitive(), h0.into_primitive(), h.into_primitive(), grad.into_primitive());
+        (Self::from_inner(a), Self::from_inner(b))
     }
 
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -33,12 +33,6 @@ impl MinGru {
         self.to_hz.weight.shape().dims::<2>()[1] / 2
     }
 
-    /// Pre-activations `k_h`, `k_z`, each `[B, T, E]`, from `x`: `[B, T, D]`.
-    fn pre_activations(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
-        let e = self.inner();
-        let hz = dense::linear(&self.to_hz, x);
-        (hz.clone().narrow(2, 0, e), hz.narrow(2, e, e))
-    }
 
     fn project_out(&self, h: Tensor<3>) -> Tensor<3> {
         match &self.to_out {
@@ -53,12 +47,15 @@ impl MinGru {
     /// the recurrent step (generation) and longer inputs the log-space parallel scan.
     pub fn forward(&self, x: Tensor<3>, log_h0: Tensor<3>) -> (Tensor<3>, Tensor<3>) {
         let [_, t, _] = x.dims();
-        let (k_h, k_z) = self.pre_activations(x);
-        if fused::supported(&k_h.device()) {
-            let h = fused::recurrence(k_h, k_z, log_h0.exp());
+        // Pre-activations `[k_h, k_z]`: `[B, T, 2E]`.
+        let hz = dense::linear(&self.to_hz, x);
+        if fused::supported(&hz.device()) {
+            let h = fused::recurrence(hz, log_h0.exp());
             let last = h.clone().narrow(1, t - 1, 1).log().clamp_min(LOG_ZERO);
             return (self.project_out(h), last);
         }
+        let e = self.inner();
+        let (k_h, k_z) = (hz.clone().narrow(2, 0, e), hz.narrow(2, e, e));
         let (log_coeff, log_value) = log_coeffs_and_values(k_h, k_z);
         let log_h = if t == 1 {
             step_log(log_coeff, log_value, log_h0)
