@@ -2,7 +2,7 @@
 use std::time::Instant;
 
 use burn::tensor::{Device, Distribution, Tensor};
-use grufinity::model::scan::{log_coeffs_and_values, scan_log, LOG_ZERO};
+use grufinity::model::dense;
 use grufinity::model::{MinGruLm, ModelConfig, State};
 use grufinity::train::eval::token_tensor;
 
@@ -19,76 +19,36 @@ fn main() {
     grufinity::alloc::keep_freed_memory();
     let device = Device::flex();
     let ad = device.clone().autodiff();
-    let (b, t, e) = (16, 128, 192);
+    let (b, t) = (16, 128);
     if std::env::args().nth(1).as_deref() == Some("model") {
         return model_only(&device, &ad, b, t);
     }
-    let a = Tensor::<2>::random([512, 512], Distribution::Default, &device);
-    time("matmul 512^3", 10, || { let _ = a.clone().matmul(a.clone()).into_data(); });
-    let kh = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    let kz = Tensor::<3>::random([b, t, e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    let h0 = Tensor::<3>::full([b, 1, e], LOG_ZERO, &ad);
-    let plain_kh = kh.clone().inner();
-    let plain_kz = kz.clone().inner();
-    time("coeffs fwd (no autodiff)", 5, || {
-        let (lc, _lv) = log_coeffs_and_values(plain_kh.clone(), plain_kz.clone());
-        let _ = lc.sum().into_scalar::<f32>();
+    // Forward+backward of each piece of a reference block at batch 16, chunk 256.
+    let (b, t, d, e, h) = (16, 256, 256, 384, 1024);
+    let x = Tensor::<3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let norm = burn::nn::RmsNormConfig::new(d).init(&ad);
+    time("rmsnorm [16,256,256]", 5, || {
+        let _ = norm.forward(x.clone()).sum().backward();
     });
-    let (plc, plv) = log_coeffs_and_values(plain_kh.clone(), plain_kz.clone());
-    let ph0 = h0.clone().inner();
-    time("scan_log only (no autodiff)", 5, || {
-        let _ = scan_log(plc.clone(), plv.clone(), ph0.clone()).sum().into_scalar::<f32>();
+    let w_hz = Tensor::<2>::random([d, 2 * e], Distribution::Normal(0.0, 0.05), &ad).require_grad();
+    time("linear 256->768", 5, || {
+        let _ = dense::rows_times(x.clone(), w_hz.clone()).sum().backward();
     });
-    time("add x1 (no autodiff)", 20, || {
-        let _ = (plc.clone() + plv.clone()).sum().into_scalar::<f32>();
+    let hz = Tensor::<3>::random([b, t, 2 * e], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let h0 = Tensor::<3>::zeros([b, 1, e], &ad);
+    time("fused recurrence E=384", 5, || {
+        let _ = grufinity::model::fused::recurrence(hz.clone(), h0.clone()).sum().backward();
     });
-    time("narrow+add x1 (no autodiff)", 20, || {
-        let _ = (plc.clone().narrow(1, 0, 120) + plv.clone().narrow(1, 8, 120)).sum().into_scalar::<f32>();
-    });
-    time("cat x1 (no autodiff)", 20, || {
-        let _ = Tensor::cat(vec![plc.clone().narrow(1, 0, 8), plv.clone().narrow(1, 8, 120)], 1).sum().into_scalar::<f32>();
-    });
-    time("log_sigmoid x1 (no autodiff)", 20, || {
-        let _ = burn::tensor::activation::log_sigmoid(plc.clone()).sum().into_scalar::<f32>();
-    });
-    time("own log_sigmoid x1 (no autodiff)", 20, || {
-        let _ = grufinity::model::scan::log_sigmoid(plc.clone()).sum().into_scalar::<f32>();
-    });
-    time("exp x1 (no autodiff)", 20, || {
-        let _ = plc.clone().exp().sum().into_scalar::<f32>();
-    });
-    time("sum only", 20, || {
-        let _ = plc.clone().sum().into_scalar::<f32>();
-    });
-    time("scan fwd", 5, || {
-        let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
-        let _ = scan_log(lc, lv, h0.clone()).sum().into_scalar::<f32>();
-    });
-    time("scan fwd+bwd", 5, || {
-        let (lc, lv) = log_coeffs_and_values(kh.clone(), kz.clone());
-        let y = scan_log(lc, lv, h0.clone()).exp().sum();
-        let _ = y.backward();
-    });
-    let x = Tensor::<3>::random([b, t, 128], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    let w = Tensor::<2>::random([128, 512], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    time("linear 128->512 fwd+bwd", 5, || {
-        let y = x.clone().matmul(w.clone().unsqueeze::<3>()).sum();
-        let _ = y.backward();
-    });
-    let big = Tensor::<3>::random([b, t, 512], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    time("gelu fwd+bwd [16,128,512]", 5, || {
-        let _ = burn::tensor::activation::gelu(big.clone()).sum().backward();
-    });
-    time("fused gelu fwd+bwd [16,128,512]", 5, || {
+    let big = Tensor::<3>::random([b, t, h], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    time("fused gelu [16,256,1024]", 5, || {
         let _ = grufinity::model::fused::gelu(big.clone()).sum().backward();
     });
-    let norm = burn::nn::RmsNormConfig::new(128).init(&ad);
-    time("rmsnorm fwd+bwd [16,128,128]", 5, || {
-        let _ = norm.forward(x.clone()).sum().backward();
+    time("residual add [16,256,256]", 5, || {
+        let _ = (x.clone() + x.clone()).sum().backward();
     });
     let logits = Tensor::<3>::random([b, t, 256], Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let tokens_t: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
-    time("cross-entropy fwd+bwd [16,128,256]", 5, || {
+    time("cross-entropy [16,256,256]", 5, || {
         let _ = grufinity::model::cross_entropy(logits.clone(), token_tensor(&tokens_t, b, t, &ad)).backward();
     });
     model_only(&device, &ad, b, t);
