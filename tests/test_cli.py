@@ -395,3 +395,11 @@ def test_signal_saves_checkpoint(tmp_path, corpus, sig, code):
     assert step >= 1
     assert target.name == f"step-{step}"
     assert step < 100000
+
+
+def test_python_dash_m_runs_the_same_cli(tmp_path: Path) -> None:
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "grufinity", "--help"], capture_output=True, text=True, env=clean_env(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("Usage: grufinity [OPTIONS] COMMAND"), proc.stdout
