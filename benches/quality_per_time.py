@@ -1,0 +1,81 @@
+"""Validation loss against wall-clock time on tiny Shakespeare (byte tokens, last 10% held out).
+
+    python benches/quality_per_time.py fast --budget 300     # the 5-minute recipe
+    python benches/quality_per_time.py long --budget 3600    # the 60-minute recipe
+
+Trains one of the recipes below with `grufinity train` (CPU, the whole validation tail at every
+evaluation, evaluation time counted in the budget), then prints the loss-vs-time curve, the
+first time each target loss was reached, and writes the curve to OUT/quality-<recipe>.csv.
+Issue 8's references: PyTorch + mingru-pytorch (dim 256, depth 4, batch 16, chunk 256, AdamW
+lr 1e-3) reaches about 1.56 nats/byte after 10 minutes on a 2-core machine; nanoGPT's 10.7M
+parameter GPU model reaches 1.47.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+COMMON = ["--device", "cpu", "--val-fraction", "0.1", "--eval-tokens", "0", "--schedule", "cosine", "--warmup", "50",
+          "--min-lr-ratio", "0.02", "--weight-decay", "0.1", "--grad-clip", "1", "--sample-tokens", "0"]
+
+# Chosen from short trials on 2 cores (see issue 8's note): in five minutes a small model taking
+# many small steps wins; an hour has room for a wider model, which then needs dropout.
+RECIPES = {
+    "fast": ["--dim", "192", "--depth", "4", "--batch-size", "8", "--chunk-len", "128", "--lr", "4e-3",
+             "--eval-every", "600"],
+    "long": ["--dim", "320", "--depth", "4", "--batch-size", "16", "--chunk-len", "128", "--lr", "3e-3",
+             "--dropout", "0.1", "--eval-every", "500"],
+}
+TARGETS = (1.56, 1.47)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("recipe", choices=sorted(RECIPES))
+    ap.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds of training, evaluations included")
+    ap.add_argument("--data", default=str(DEFAULT_DATA))
+    ap.add_argument("--out", default=str(ROOT / "benches"), help="folder for quality-<recipe>.csv")
+    args = ap.parse_args()
+    if not Path(args.data).is_file():
+        print(f"error: corpus {args.data} not found (pass --data)", file=sys.stderr)
+        return 2
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = ["grufinity", "train", args.data, "--out-dir", tmp, "--name", args.recipe, "--max-time", str(args.budget),
+               "--progress", "plain", *COMMON, *RECIPES[args.recipe]]
+        print("$", shlex.join(cmd), flush=True)
+        proc = subprocess.run([sys.executable, "-m", "grufinity", *cmd[1:]])
+        if proc.returncode != 0:
+            print(f"error: training exited with {proc.returncode}", file=sys.stderr)
+            return 2
+        events = [json.loads(line) for line in (Path(tmp) / args.recipe / "metrics.jsonl").read_text().splitlines()]
+
+    curve = [(e["elapsed"], e["step"], e["tokens"], e["val_loss"]) for e in events if e.get("event") == "eval"]
+    out = Path(args.out) / f"quality-{args.recipe}.csv"
+    with out.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["elapsed_s", "step", "tokens", "val_loss_nats_per_byte"])
+        w.writerows([f"{s:.1f}", step, tokens, f"{loss:.4f}"] for s, step, tokens, loss in curve)
+    print(f"\n{'elapsed':>9} {'step':>7} {'tokens':>12} {'val loss':>9}")
+    for s, step, tokens, loss in curve:
+        print(f"{s:8.0f}s {step:7d} {tokens:12,d} {loss:9.4f}")
+    best = min(loss for *_, loss in curve)
+    for target in TARGETS:
+        hit = next((s for s, *_, loss in curve if loss <= target), None)
+        print(f"target {target}: " + (f"reached after {hit:.0f} s" if hit is not None else f"not reached (best {best:.4f})"))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
