@@ -60,7 +60,10 @@ def main() -> int:
             return 2
         events = [json.loads(line) for line in (Path(tmp) / args.recipe / "metrics.jsonl").read_text().splitlines()]
 
-    curve = [(e["elapsed"], e["step"], e["tokens"], e["val_loss"]) for e in events if e.get("event") == "eval"]
+    curve = []
+    for e in events:  # the end-of-run evaluation repeats the last one when they fall on the same step
+        if e.get("event") == "eval" and not (curve and curve[-1][1] == e["step"]):
+            curve.append((e["elapsed"], e["step"], e["tokens"], e["val_loss"]))
     out = Path(args.out) / f"quality-{args.recipe}.csv"
     with out.open("w", newline="") as f:
         w = csv.writer(f)
