@@ -558,6 +558,7 @@ impl Run {
         let mut window = (Instant::now(), 0u64);
         let mut last_eval: Option<f64> = None;
         let mut last_saved: Option<PathBuf> = None;
+        let mut evaluated_at: Option<u64> = None;
         let mut epoch = self.batcher.cursor().epoch;
         let reason = loop {
             let elapsed = elapsed0 + clock.elapsed().as_secs_f64();
@@ -693,6 +694,7 @@ impl Run {
                 let (r, saved) = self.eval_and_save(&mut emit, metrics)?;
                 last_eval = Some(r.loss);
                 last_saved = Some(saved);
+                evaluated_at = Some(step);
                 window = (Instant::now(), 0);
                 let patience = self.cfg.early_stop_patience;
                 if patience > 0 && self.ts.plateau.evals_since_best >= patience {
@@ -705,9 +707,9 @@ impl Run {
             }
         };
         let interrupted = reason == "interrupted";
-        let early = if reason == "early_stop" { last_saved.clone() } else { None };
-        let checkpoint = if let Some(p) = early {
-            // Evaluated and saved at this very step.
+        let checkpoint = if let Some(p) = last_saved.clone().filter(|_| evaluated_at == Some(self.ts.step)) {
+            // Evaluated and saved at this very step (early stopping, or a time or token budget
+            // that ran out right after an evaluation): the same weights, not evaluated twice.
             p
         } else if interrupted {
             // Save without evaluating: the user is waiting.
