@@ -8,7 +8,9 @@ use burn::tensor::{Tensor, TensorData};
 use common::{cpu, to_vec};
 use grufinity::data::batcher::{split_point, StreamBatcher};
 use grufinity::train::checkpoint::write_dir_atomically;
-use grufinity::train::optim::{clip_global_norm, decays, Schedule};
+use grufinity::model::{MinGruLm, ModelConfig};
+use grufinity::train::optim::{clip_global_norm, decays, AdamW, AdamWConfig, GradMap, Schedule};
+use grufinity::train::params::named_params;
 use grufinity::Error;
 
 #[test]
@@ -132,4 +134,60 @@ fn a_failed_checkpoint_write_leaves_the_old_one() {
     let leftovers: Vec<_> = std::fs::read_dir(&root).unwrap().filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
     assert_eq!(leftovers.len(), 1, "no temporary directory left behind: {leftovers:?}");
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// AdamW in f64, one parameter value at a time, as `AdamW::update` documents it.
+fn adamw_reference(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], t: i32, lr: f64, wd: f64, c: &AdamWConfig) {
+    for i in 0..p.len() {
+        m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
+        v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
+        let update = (m[i] / (1.0 - c.beta1.powi(t))) / ((v[i] / (1.0 - c.beta2.powi(t))).sqrt() + c.eps);
+        p[i] = p[i] - lr * wd * p[i] - lr * update;
+    }
+}
+
+#[test]
+fn adamw_fused_and_tensor_op_updates_match_the_equations() {
+    let d = cpu();
+    let config = ModelConfig { vocab_size: 64, dim: 48, depth: 1, ..Default::default() };
+    let c = AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 };
+    let start = MinGruLm::new(&config, 3, &d).unwrap();
+    let host = |m: &MinGruLm| -> BTreeMap<String, Vec<f64>> {
+        named_params(m).into_iter().map(|(k, f)| (k, to_vec(f.value).into_iter().map(f64::from).collect())).collect()
+    };
+    let mut reference = host(&start);
+    let mut moments: BTreeMap<String, (Vec<f64>, Vec<f64>)> =
+        reference.iter().map(|(k, p)| (k.clone(), (vec![0.0; p.len()], vec![0.0; p.len()]))).collect();
+    let (mut fused, mut plain) = (AdamW::new(c.clone()), AdamW::new(c.clone()));
+    plain.fused = false;
+    let (mut a, mut b) = (start.clone(), start.clone());
+    let snapshot = host(&start);
+    for t in 1..=3 {
+        // Gradients of all signs and sizes, different every step.
+        let mut grads = GradMap::new();
+        let mut host_grads = BTreeMap::new();
+        for (k, p) in &reference {
+            let g: Vec<f32> = (0..p.len()).map(|i| ((i * 7 + t * 13) % 23) as f32 / 7.0 - 1.5).collect();
+            host_grads.insert(k.clone(), g.iter().map(|&x| x as f64).collect::<Vec<_>>());
+            grads.insert(k.clone(), Tensor::<1>::from_data(TensorData::new(g, [p.len()]), &d));
+        }
+        let lr = 1e-2 * t as f64;
+        a = fused.update(a, &grads, lr);
+        b = plain.update(b, &grads, lr);
+        for (k, p) in reference.iter_mut() {
+            let (m, v) = moments.get_mut(k).unwrap();
+            let wd = if decays(k) { c.weight_decay } else { 0.0 };
+            adamw_reference(p, m, v, &host_grads[k], t as i32, lr, wd, &c);
+        }
+    }
+    let (ha, hb) = (host(&a), host(&b));
+    for (k, want) in &reference {
+        for (name, got) in [("fused", &ha[k]), ("tensor ops", &hb[k])] {
+            let err = got.iter().zip(want).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(err < 1e-5, "{name}: {k} differs from the equations by {err}");
+        }
+    }
+    assert!(reference.values().zip(snapshot.values()).any(|(p, q)| p != q), "the parameters moved");
+    // Updating in place never reaches a model that shares the old weights.
+    assert_eq!(host(&start), snapshot);
 }

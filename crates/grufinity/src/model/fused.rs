@@ -114,12 +114,12 @@ fn exp(x: f32) -> f32 {
 }
 
 #[inline]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + exp(-x))
 }
 
 #[inline]
-fn g(x: f32) -> f32 {
+pub(crate) fn g(x: f32) -> f32 {
     if x >= 0.0 { x + 0.5 } else { sigmoid(x) }
 }
 
@@ -135,7 +135,7 @@ fn g_prime(x: f32) -> f32 {
 
 /// `erf(x)`, |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26).
 #[inline]
-fn erf(x: f32) -> f32 {
+pub(crate) fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
@@ -151,7 +151,7 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 /// the loops `f` inlines), else as is. The build targets baseline x86-64, so without this the
 /// kernels' loops would only ever use SSE2.
 #[inline(always)]
-fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]

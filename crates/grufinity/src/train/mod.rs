@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod eval;
+pub mod fused_optim;
 pub mod optim;
 pub mod params;
 pub mod trainer;

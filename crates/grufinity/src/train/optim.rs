@@ -9,7 +9,9 @@ use burn::module::Module;
 use burn::tensor::{Gradients, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::fused_optim::{adamw_step, sum_squares, AdamWStep};
 use super::params::{map_params, named_grads, named_params};
+use crate::model::fused;
 use crate::error::{Error, Result};
 
 /// Hyper-parameters of AdamW.
@@ -27,7 +29,7 @@ pub type GradMap = BTreeMap<String, Tensor<1>>;
 /// Adds the gradients of `grads` for every parameter of `module` into `acc`, scaled by `scale`.
 pub fn accumulate_grads<M: Module>(module: &M, grads: &Gradients, scale: f32, acc: &mut GradMap) {
     for (path, g) in named_grads(module, grads) {
-        let g = g.value * scale;
+        let g = if scale == 1.0 { g.value } else { g.value * scale };
         let sum = match acc.remove(&path) {
             Some(prev) => prev + g,
             None => g,
@@ -40,7 +42,7 @@ pub fn accumulate_grads<M: Module>(module: &M, grads: &Gradients, scale: f32, ac
 pub fn global_norm(grads: &GradMap) -> f32 {
     let mut total: Option<Tensor<1>> = None;
     for g in grads.values() {
-        let sq = g.clone().square().sum();
+        let sq = sum_squares(g.clone());
         total = Some(match total {
             Some(t) => t + sq,
             None => sq,
@@ -63,12 +65,12 @@ pub fn clip_global_norm(grads: &mut GradMap, max_norm: f64) -> f32 {
 }
 
 /// Whether every parameter of `module` is finite, with one read-back for all of them (the
-/// sum of each parameter's largest magnitude; only a NaN, an infinity or weights near the
-/// f32 limit make it non-finite).
+/// sum of squares of all weights; only a NaN, an infinity or weights beyond 1e19 make it
+/// non-finite).
 pub fn params_finite<M: Module>(module: &M) -> bool {
     let mut total: Option<Tensor<1>> = None;
     for (_, p) in named_params(module) {
-        let m = p.value.without_autodiff().abs().max();
+        let m = sum_squares(p.value.without_autodiff());
         total = Some(match total {
             Some(t) => t + m,
             None => m,
@@ -88,11 +90,14 @@ pub struct AdamW {
     pub config: AdamWConfig,
     pub step: u64,
     pub moments: BTreeMap<String, (Tensor<1>, Tensor<1>)>,
+    /// Use the one-pass CPU update ([`super::fused_optim`]) where the parameters live on the
+    /// CPU (the default); false always takes the tensor-op form, which serves other devices.
+    pub fused: bool,
 }
 
 impl AdamW {
     pub fn new(config: AdamWConfig) -> Self {
-        Self { config, step: 0, moments: BTreeMap::new() }
+        Self { config, step: 0, moments: BTreeMap::new(), fused: true }
     }
 
     /// One update of every parameter that has a gradient in `grads`, at learning rate `lr`:
@@ -108,9 +113,26 @@ impl AdamW {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         let moments = &mut self.moments;
+        let fused = self.fused;
         map_params(module, &mut |path, p| {
             let Some(g) = grads.get(path) else { return p };
             let g = g.clone();
+            if fused && fused::supported(&p.device()) {
+                let (m, v) = moments.remove(path).unwrap_or_else(|| (g.zeros_like(), g.zeros_like()));
+                let decay = if decays(path) { lr * c.weight_decay } else { 0.0 };
+                let step = AdamWStep {
+                    beta1: c.beta1 as f32,
+                    beta2: c.beta2 as f32,
+                    eps: c.eps as f32,
+                    decay: decay as f32,
+                    lr: lr as f32,
+                    bias1: bias1 as f32,
+                    bias2: bias2 as f32,
+                };
+                let (p, m, v) = adamw_step(p, g, m, v, step);
+                moments.insert(path.to_string(), (m, v));
+                return p;
+            }
             let (m, v) = match moments.remove(path) {
                 Some((m, v)) => (m * c.beta1 + g.clone() * (1.0 - c.beta1), v * c.beta2 + g.square() * (1.0 - c.beta2)),
                 None => (g.clone() * (1.0 - c.beta1), g.square() * (1.0 - c.beta2)),
