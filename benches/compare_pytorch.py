@@ -60,7 +60,10 @@ CONFIGS = {
     "reference": {"dim": 256, "depth": 4},
     "large": {"dim": 512, "depth": 6},
 }
-DEFAULT_BUDGETS = {"small": 120.0, "reference": 600.0, "large": 120.0}
+DEFAULT_BUDGETS = {"small": 90.0, "reference": 600.0, "large": 100.0}
+#: Validation bytes (from the start of the held-out tail) on which the loss of the bf16-rounded
+#: weights is compared with the f32 weights'.
+BF16_EVAL_BYTES = 32768
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
 MINGRU_PYTORCH_TESTED = "0.2.1"
@@ -233,11 +236,23 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
     # Decoding: single stream, greedy, the state cached between tokens (inside generate).
     model.generate("\n", max_new_tokens=16, temperature=0.0)
     n = spec["decode_tokens"]
-    t0 = time.perf_counter()
-    out, _state = model.generate_bytes("\n", max_new_tokens=n, temperature=0.0)
-    decode_s = time.perf_counter() - t0
-    if len(out) != n:
-        raise RuntimeError(f"GRUfinity generated {len(out)} tokens, expected {n}")
+
+    def decode_secs(m: Any) -> float:
+        t0 = time.perf_counter()
+        out, _state = m.generate_bytes("\n", max_new_tokens=n, temperature=0.0)
+        secs = time.perf_counter() - t0
+        if len(out) != n:
+            raise RuntimeError(f"GRUfinity generated {len(out)} tokens, expected {n}")
+        return secs
+
+    decode_s = decode_secs(model)
+    # The same weights rounded to bfloat16 (`dtype="bf16"`): speed, and what it costs in loss.
+    bf16 = grufinity.load(outcome["run_dir"], device=spec["device"], dtype="bf16")
+    bf16.generate("\n", max_new_tokens=16, temperature=0.0)
+    decode_bf16_s = decode_secs(bf16)
+    raw = Path(spec["data"]).read_bytes()
+    val = raw[split_point(len(raw), spec["val_fraction"]):][:BF16_EVAL_BYTES]
+    bf16_loss_delta = bf16.evaluate(val)["loss"] - model.evaluate(val)["loss"]
     return {
         "params": model.num_params,
         "matmul_params": matmul,
@@ -248,6 +263,8 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
         "train_elapsed": info.get("done_elapsed"),
         "decode_tokens": n,
         "decode_s": decode_s,
+        "decode_bf16_s": decode_bf16_s,
+        "bf16_loss_delta": bf16_loss_delta,
         "train_rss_mib": train_rss,
         "import_rss_mib": import_rss,
         "decode_threads": spec["threads"],
@@ -385,7 +402,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
     model.eval()
     n = spec["decode_tokens"]
 
-    def decode(count: int) -> list[int]:
+    def decode(count: int, model: Any = model) -> list[int]:
         out: list[int] = []
         with torch.inference_mode():
             logits, hiddens = model(torch.tensor([[ord("\n")]]), return_prev_hiddens=True)
@@ -409,6 +426,13 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         assert len(out) == n
         if secs < decode_s:
             decode_s, decode_threads = secs, threads
+    # The same model in bfloat16, on the thread count that decoded faster in float32.
+    torch.set_num_threads(decode_threads)
+    model_bf16 = model.to(torch.bfloat16)
+    decode(16, model_bf16)
+    t0 = time.perf_counter()
+    assert len(decode(n, model_bf16)) == n
+    decode_bf16_s = time.perf_counter() - t0
     torch.set_num_threads(spec["threads"])
     return {
         "params": sum(p.numel() for p in params),
@@ -420,6 +444,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         "train_elapsed": elapsed,
         "decode_tokens": n,
         "decode_s": decode_s,
+        "decode_bf16_s": decode_bf16_s,
         "train_rss_mib": train_rss,
         "import_rss_mib": import_rss,
         "decode_threads": decode_threads,
@@ -542,7 +567,8 @@ def summarize(runs: list[dict[str, Any]], peak_flops: float) -> dict[str, float]
         vals = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
         return statistics.median(vals) if vals else float("nan")
 
-    out = {k: med(k) for k in ("train_tps", "decode_tps", "rss_mib", "import_rss_mib", "val_loss", "steps", "params", "matmul_params")}
+    out = {k: med(k) for k in ("train_tps", "decode_tps", "decode_bf16_tps", "bf16_loss_delta", "rss_mib", "import_rss_mib",
+                               "val_loss", "steps", "params", "matmul_params")}
     out["flop_util"] = out["train_tps"] * 6 * out["matmul_params"] / peak_flops if peak_flops else float("nan")
     return out
 
@@ -560,6 +586,8 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], budgets: dict
         rows = [
             ("training tokens/s", "train_tps", 0, "higher is better"),
             ("decoding tokens/s (1 stream, cached state)", "decode_tps", 0, ""),
+            ("decoding tokens/s, bf16 weights", "decode_bf16_tps", 0, ""),
+            (f"bf16 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", "bf16_loss_delta", 4, ""),
             ("peak RSS, MiB", "rss_mib", 0, ""),
             ("RSS after imports (part of the peak), MiB", "import_rss_mib", 0, ""),
             (f"validation loss after {budgets[name]:g} s, nats/byte", "val_loss", 4, ""),
@@ -573,7 +601,7 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], budgets: dict
                 ps = "-" if pv is None or math.isnan(pv) else f"{100 * pv:.{digits}f}%"
             else:
                 gs, ps = fmt_num(gv, digits), fmt_num(pv, digits)
-            ratio = fmt_ratio(gv, pv)
+            ratio = fmt_ratio(gv, pv) if key != "bf16_loss_delta" else ""
             if key == "val_loss" and gv is not None and pv is not None and not math.isnan(gv) and not math.isnan(pv):
                 ratio = f"{gv - pv:+.4f} (diff)"
             lines.append(f"| {label if i == 0 else ''} | {metric} | {gs} | {ps} | {ratio} |")
@@ -722,6 +750,8 @@ def main(argv: list[str]) -> int:
                     "framework": fw, "config": name, "run": rep + 1, "result": result,
                     "train_tps": train_throughput(result["steps"]),
                     "decode_tps": result["decode_tokens"] / result["decode_s"],
+                    "decode_bf16_tps": result["decode_tokens"] / result["decode_bf16_s"],
+                    "bf16_loss_delta": result.get("bf16_loss_delta"),
                     "rss_mib": rss,
                     "import_rss_mib": result["import_rss_mib"],
                     "val_loss": result["final_val_loss"],
@@ -732,7 +762,8 @@ def main(argv: list[str]) -> int:
                     "busy": busy,
                 }
                 records.append(rec)
-                log(f"{tag}: {rec['train_tps']:,.0f} tok/s training, {rec['decode_tps']:,.0f} tok/s decoding, "
+                log(f"{tag}: {rec['train_tps']:,.0f} tok/s training, {rec['decode_tps']:,.0f} tok/s decoding "
+                    f"({rec['decode_bf16_tps']:,.0f} with bf16 weights), "
                     f"peak RSS {rss:,.0f} MiB, val loss {rec['val_loss']:.4f} after {rec['steps']} steps ({wall:.0f} s wall)")
     # The peak is the best of a measurement before and one after the runs (a busy machine only
     # ever lowers it).
@@ -761,7 +792,8 @@ def main(argv: list[str]) -> int:
                 f"validation every {args.eval_every or 'never (only at the end)'} steps on "
                 f"{'the whole validation tail' if args.eval_tokens == 0 else f'{args.eval_tokens:,} tokens'} (inside the budget); "
                 f"decoding: {args.decode_tokens} greedy tokens after a 1-byte prompt (PyTorch: the faster of 1 and "
-                f"{args.threads} threads)")
+                f"{args.threads} threads; in bf16, `model.to(torch.bfloat16)` on that thread count; GRUfinity: "
+                f"`grufinity.load(run, dtype=\"bf16\")`)")
     try:
         head_sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                   check=True).stdout.strip()

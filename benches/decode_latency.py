@@ -1,10 +1,11 @@
-"""Decoding speed of the reference model (dim 256, depth 4) on the CPU backend.
+"""Decoding speed on the CPU backend (default: the reference model, dim 256, depth 4).
 
-    python benches/decode_latency.py [--steps 200]
+    python benches/decode_latency.py [--steps 200] [--dim 512 --depth 6]
 
-Prints single-stream and batched (8 prompts) tokens/s, and the time per token after contexts of
-1k, 10k and 100k tokens: with a recurrent state it must not grow with the context. The weights
-come from a one-step training run (speed does not depend on what the weights learned).
+Prints single-stream and batched (8 prompts) tokens/s with f32 and with bf16 weights, and the
+time per token after contexts of 1k, 10k and 100k tokens: with a recurrent state it must not
+grow with the context. The weights come from a one-step training run (speed does not depend on
+what the weights learned).
 """
 
 from __future__ import annotations
@@ -19,15 +20,15 @@ import numpy as np
 import grufinity
 
 
-def reference_model(workdir: Path) -> grufinity.Model:
+def train_model(workdir: Path, dim: int, depth: int) -> Path:
     corpus = workdir / "corpus.txt"
     corpus.write_bytes(bytes(range(32, 127)) * 2000)
     cfg = grufinity.TrainConfig(
-        data=[str(corpus)], out_dir=str(workdir), name="ref", dim=256, depth=4, batch_size=4, chunk_len=64,
+        data=[str(corpus)], out_dir=str(workdir), name="ref", dim=dim, depth=depth, batch_size=4, chunk_len=64,
         max_steps=1, max_time=None, eval_every=0, eval_tokens=256, sample_tokens=0, device="cpu",
     )
     grufinity.train(cfg)
-    return grufinity.load(workdir / "ref", device="cpu")
+    return workdir / "ref"
 
 
 def per_token_seconds(model: grufinity.Model, state: grufinity.State, steps: int) -> float:
@@ -49,19 +50,24 @@ def state_after(model: grufinity.Model, context: int, rng: np.random.Generator) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="tokens generated per measurement")
+    ap.add_argument("--dim", type=int, default=256)
+    ap.add_argument("--depth", type=int, default=4)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = reference_model(Path(tmp))
-        print(f"model: {model.num_params:,} parameters (dim 256, depth 4), CPU")
+        run = train_model(Path(tmp), args.dim, args.depth)
+        for dtype in ("f32", "bf16"):
+            model = grufinity.load(run, device="cpu", dtype=dtype)
+            model.generate("def ", max_new_tokens=16, temperature=0.0)
+            start = time.perf_counter()
+            model.generate("def ", max_new_tokens=args.steps, temperature=0.0)
+            single = args.steps / (time.perf_counter() - start)
+            start = time.perf_counter()
+            model.generate_batch([f"prompt {i}: " for i in range(8)], max_new_tokens=args.steps, temperature=0.0)
+            batched = 8 * args.steps / (time.perf_counter() - start)
+            print(f"{dtype} weights: single stream {single:,.0f} tokens/s | batched x8: {batched:,.0f} tokens/s")
+        model = grufinity.load(run, device="cpu")
+        print(f"model: {model.num_params:,} parameters (dim {args.dim}, depth {args.depth}), CPU")
         rng = np.random.default_rng(0)
-
-        start = time.perf_counter()
-        model.generate("def ", max_new_tokens=args.steps, temperature=0.0)
-        single = args.steps / (time.perf_counter() - start)
-        start = time.perf_counter()
-        model.generate_batch([f"prompt {i}: " for i in range(8)], max_new_tokens=args.steps, temperature=0.0)
-        batched = 8 * args.steps / (time.perf_counter() - start)
-        print(f"single stream: {single:,.0f} tokens/s | batched x8: {batched:,.0f} tokens/s")
 
         base = None
         for context in (1_000, 10_000, 100_000):

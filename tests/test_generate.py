@@ -396,3 +396,34 @@ def test_info_tensor_stats(run_dir, model):
     assert sum(data["modules"].values()) == data["parameters"] == model.num_params
     names = {t["name"] for t in data["tensors"]}
     assert names == set(model.parameters())
+
+
+# ---------------------------------------------------------------- bf16 weights
+
+
+def test_bf16_weights_cost_little_loss_and_agree_with_their_own_evaluation(run_dir, trained):
+    """`dtype="bf16"` rounds the weights: the loss moves a little (not zero: the rounding is
+    real), greedy decoding is deterministic, and `eval --dtype bf16` reports the rounded loss."""
+    corpus = trained["corpus"].read_bytes()[:4096]
+    f32 = grufinity.load(run_dir, device="cpu")
+    bf16 = grufinity.load(run_dir, device="cpu", dtype="bf16")
+    a, b = f32.evaluate(corpus)["loss"], bf16.evaluate(corpus)["loss"]
+    assert a != b
+    assert abs(a - b) < 0.05 * a
+    once = bf16.generate("The ", max_new_tokens=40, temperature=0.0)
+    assert once == bf16.generate("The ", max_new_tokens=40, temperature=0.0)
+    proc = run_cli("eval", run_dir, trained["corpus"], "--dtype", "bf16", "--json")
+    assert proc.returncode == 0, proc.stderr
+    full = grufinity.load(run_dir, device="cpu", dtype="bf16").evaluate(trained["corpus"].read_bytes())
+    assert json.loads(proc.stdout)["loss"] == pytest.approx(full["loss"], rel=1e-6)
+    proc = run_cli("generate", run_dir, "-p", "The ", "-n", "40", "--temperature", "0", "--dtype", "bf16", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip("\n") == "The " + once
+
+
+def test_bad_dtype_is_a_clean_error(run_dir):
+    with pytest.raises(grufinity.ConfigError, match="dtype"):
+        grufinity.load(run_dir, dtype="fp8")
+    proc = run_cli("generate", run_dir, "--dtype", "fp16")
+    assert proc.returncode == 2
+    assert "fp16" in proc.stderr and "Traceback" not in proc.stderr

@@ -441,6 +441,9 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 
 #: Decoding options shared by `generate` and `chat`.
+DTYPE_HELP = ("Weight matrices as bfloat16 (bf16): about half the time per generated token on the CPU for "
+              "models larger than its caches, at a small loss cost (measure it with `eval --dtype bf16`).")
+
 SAMPLING_OPTIONS = [
     click.option("-t", "--temperature", type=float, default=0.8, show_default=True, help="Sampling temperature, 0 = greedy."),
     click.option("--top-k", type=int, default=0, show_default=True, help="Sample from the k most likely tokens, 0 = off."),
@@ -457,6 +460,8 @@ SAMPLING_OPTIONS = [
     click.option("--eos", type=int, default=None, help="End-of-sequence token id (the byte tokenizer has none)."),
     click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed."),
     click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N]."),
+    click.option("--dtype", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True,
+                 help=DTYPE_HELP),
 ]
 
 
@@ -473,13 +478,13 @@ SAMPLING_OPTIONS = [
 @click.option("--continue", "continue_file", type=click.Path(dir_okay=False), default=None, metavar="FILE",
               help="Continue the text whose state FILE holds (if it exists), then save the new state there: "
                    "a long text written piece by piece equals one written at once.")
-def generate(run: str, prompt: Optional[str], prompt_file: Optional[str], device: Optional[str],
+def generate(run: str, prompt: Optional[str], prompt_file: Optional[str], device: Optional[str], dtype: str,
              continue_file: Optional[str], **sampling: Any) -> None:
     """Write text with the model in RUN (a run directory or a checkpoint), streamed to stdout."""
     from . import load
 
     sampling["stop"] = [_unescape(s) for s in sampling["stop"]]
-    model = load(run, _device(device))
+    model = load(run, _device(device), dtype)
     model.check_sampling(**sampling)  # before anything is printed
     state = None
     state_path = Path(continue_file) if continue_file else None
@@ -522,7 +527,7 @@ CHAT_HELP = """commands:
 @click.argument("run", type=str)
 @click.option("-n", "--max-new-tokens", type=int, default=200, show_default=True, help="Most tokens per reply.")
 @_with_options(SAMPLING_OPTIONS)
-def chat(run: str, device: Optional[str], **sampling: Any) -> None:
+def chat(run: str, device: Optional[str], dtype: str, **sampling: Any) -> None:
     """Talk with the model in RUN: each line you type is fed to the model (with its newline) and
     the model's continuation is printed, until a stop string (default: a newline). Every turn
     continues the same recurrent state, so the whole conversation is the context.
@@ -535,7 +540,7 @@ def chat(run: str, device: Optional[str], **sampling: Any) -> None:
     from . import load
 
     sampling["stop"] = [_unescape(s) for s in sampling["stop"]] or ["\n"]
-    model = load(run, _device(device))
+    model = load(run, _device(device), dtype)
     model.check_sampling(**sampling)
     interactive = sys.stdin.isatty()
 
@@ -606,11 +611,13 @@ def chat(run: str, device: Optional[str], **sampling: Any) -> None:
               help="Reset the state every N tokens (0 = carry it through the whole text).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N].")
-def eval_cmd(run: str, data: tuple[str, ...], chunk_len: int, reset_every: int, as_json: bool, device: Optional[str]) -> None:
+@click.option("--dtype", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True, help=DTYPE_HELP)
+def eval_cmd(run: str, data: tuple[str, ...], chunk_len: int, reset_every: int, as_json: bool, device: Optional[str],
+             dtype: str) -> None:
     """Loss of the model in RUN on DATA (files, directories or globs), with carried state."""
     from . import corpus, load
 
-    model = load(run, _device(device))
+    model = load(run, _device(device), dtype)
     files = corpus.resolve(list(data))
     text = b"".join(p.read_bytes() for p in files)
     r = model.evaluate(text, chunk=chunk_len, reset_every=reset_every)

@@ -10,6 +10,7 @@ use pyo3::prelude::*;
 
 use grufinity::generate::{run_batch, sample, Decoder, DecoderState, SamplingConfig};
 use grufinity::rng::Rng;
+use grufinity::model::host::WeightDtype;
 use grufinity::model::State;
 use grufinity::train::{train as train_run, TrainConfig};
 use grufinity::Error;
@@ -131,11 +132,12 @@ fn notify<E: serde::Serialize>(callback: Option<&Py<PyAny>>, pending: &mut Optio
 impl Model {
     /// Loads a run directory (its best checkpoint, else its last) or a checkpoint directory.
     #[staticmethod]
-    #[pyo3(signature = (path, device="auto"))]
-    fn load(py: Python<'_>, path: PathBuf, device: &str) -> PyResult<Self> {
+    #[pyo3(signature = (path, device="auto", dtype="f32"))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
+        let dtype: WeightDtype = dtype.parse().map_err(|e| to_py(py, e))?;
         let selected = grufinity::device::select(device).map_err(|e| to_py(py, e))?;
         let inner = py
-            .detach(|| grufinity::load::load(&path, &selected.device))
+            .detach(|| grufinity::load::load(&path, &selected.device, dtype))
             .map_err(|e| to_py(py, e))?;
         Ok(Self { inner })
     }
@@ -280,7 +282,8 @@ impl Model {
         let tokens = self.inner.tokenizer.encode(prompt);
         let mut pending: Option<PyErr> = None;
         let (result, after) = py.detach(|| {
-            let mut dec = Decoder::from_state(&self.inner.model, &self.inner.trainer.config.model, &self.inner.device, start);
+            let mut dec = Decoder::from_state(&self.inner.model, &self.inner.trainer.config.model, &self.inner.device, start)
+                .with_host(self.inner.host());
             dec.feed(&tokens);
             let result = dec.run(&cfg, &self.inner.tokenizer, &mut |piece| {
                 Python::attach(|py| {
@@ -324,7 +327,7 @@ impl Model {
         let result = py.detach(|| {
             let mut decoders: Vec<Decoder> = Vec::with_capacity(encoded.len());
             for tokens in &encoded {
-                let mut dec = Decoder::new(&self.inner.model, model_cfg, &self.inner.device);
+                let mut dec = Decoder::new(&self.inner.model, model_cfg, &self.inner.device).with_host(self.inner.host());
                 dec.feed(tokens);
                 decoders.push(dec);
             }

@@ -3,13 +3,16 @@
 //! - the minGRU recurrence, forward and forward+backward, fused CPU kernel and log-space scan,
 //!   at (B=16, T=256, D=384) and (B=1, T=4096, D=384);
 //! - one training step of the reference model (dim 256, depth 4, expansion 1.5, ff_mult 4,
-//!   vocab 256, batch 16, chunk 256): forward, backward, AdamW update.
+//!   vocab 256, batch 16, chunk 256): forward, backward, AdamW update;
+//! - one decoding step (one token, one stream) of the benchmark's large model (dim 512, depth
+//!   6): Burn's forward, and the host step with f32 and bf16 weights.
 
 use std::hint::black_box;
 
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use grufinity::model::scan::{log_coeffs_and_values, scan_log, LOG_ZERO};
+use grufinity::model::host::{HostModel, HostState, WeightDtype};
 use grufinity::model::{fused, MinGruLm, ModelConfig, State};
 use grufinity::train::optim::{accumulate_grads, clip_global_norm, AdamW, AdamWConfig, GradMap};
 
@@ -82,5 +85,29 @@ fn train_step(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan, train_step);
+fn decode_step(c: &mut Criterion) {
+    grufinity::alloc::keep_freed_memory();
+    let cpu = Device::flex();
+    let cfg = ModelConfig { dim: 512, depth: 6, ..Default::default() };
+    let model = MinGruLm::new(&cfg, 0, &cpu).expect("valid config");
+    let mut group = c.benchmark_group("decode step dim512 depth6");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("burn forward", |bench| {
+        let mut state = State::zeros(&cfg, 1, &cpu);
+        bench.iter(|| {
+            let token = Tensor::<2, Int>::from_data(TensorData::new(vec![65i64], [1, 1]), &cpu);
+            let (logits, next) = model.forward(token, state.clone());
+            state = next;
+            black_box(logits.into_data())
+        })
+    });
+    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        let host = HostModel::new(&model, dtype);
+        let mut state = HostState::from_state(&State::zeros(&cfg, 1, &cpu));
+        group.bench_function(format!("host {dtype:?}"), |bench| bench.iter(|| black_box(host.step(&[65], &mut state))));
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scan, train_step, decode_step);
 criterion_main!(benches);

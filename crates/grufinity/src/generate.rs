@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
+use crate::model::host::{HostModel, HostState};
 use crate::model::{LayerState, MinGruLm, ModelConfig, State};
 use crate::rng::Rng;
 
@@ -526,6 +527,9 @@ pub struct Decoder<'a> {
     pub history: Vec<u32>,
     /// The sampler and its seed (see [`DecoderState::sampler`]).
     pub sampler: Option<(u64, Rng)>,
+    /// Host copies of the weights for the per-token steps on the CPU (see [`HostModel`]);
+    /// `None` steps with Burn's forward.
+    pub host: Option<&'a HostModel>,
 }
 
 impl<'a> Decoder<'a> {
@@ -544,7 +548,14 @@ impl<'a> Decoder<'a> {
             last_logits: state.last_logits,
             history: state.history,
             sampler: state.sampler,
+            host: None,
         }
+    }
+
+    /// Takes its per-token steps with `host` (the same model's weights, see [`HostModel`]).
+    pub fn with_host(mut self, host: Option<&'a HostModel>) -> Self {
+        self.host = host;
+        self
     }
 
     /// What this decoder carries, to continue it later.
@@ -635,7 +646,7 @@ impl<'a> Decoder<'a> {
         let empty = Hyp { tokens: vec![], score: 0.0, log_prob: 0.0, text: vec![], cut: None, greedy: false };
         let mut alive = vec![empty.clone(), Hyp { greedy: true, ..empty }];
         let mut logits = vec![first.clone(), first];
-        let mut state = self.state.clone().select_rows(&[0, 0]);
+        let mut steps = Stepper::new(self.model, self.host, &self.device, self.state.clone().select_rows(&[0, 0]));
         let mut finished: Vec<(Hyp, Finish)> = Vec::new();
         // Extends `h` by `tok`; returns it and how it finished, if it did.
         let extend = |h: &Hyp, tok: u32, lp: f64, raw: f64| -> (Hyp, Option<Finish>) {
@@ -721,18 +732,9 @@ impl<'a> Decoder<'a> {
                 alive.clear();
                 break;
             }
-            let m = alive.len();
-            let input = Tensor::<2, Int>::from_data(
-                TensorData::new(alive.iter().map(|h| h.tokens[h.tokens.len() - 1] as i64).collect::<Vec<_>>(), [m, 1]),
-                &self.device,
-            );
-            let (out, st) = self.model.forward(input, state.select_rows(&parents));
-            state = st;
-            let flat = out.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-            logits = flat.chunks(vocab).map(<[f32]>::to_vec).collect();
-            if logits.len() != m {
-                logits = vec![vec![0.0; vocab]; m];
-            }
+            let tokens: Vec<u32> = alive.iter().map(|h| h.tokens[h.tokens.len() - 1]).collect();
+            steps.select_rows(&parents);
+            logits = steps.step(&tokens, vocab).unwrap_or_else(|_| vec![vec![0.0; vocab]; tokens.len()]);
         }
         finished.extend(alive.into_iter().map(|h| (h, Finish::Length)));
         let best = finished
@@ -809,7 +811,7 @@ fn decode_rows(
     on_piece: &mut dyn FnMut(usize, u32, &[u8]) -> bool,
 ) -> Result<Vec<Generation>> {
     let Some(first) = decoders.first() else { return Ok(Vec::new()) };
-    let (model, vocab, device) = (first.model, first.config.vocab_size, first.device.clone());
+    let (model, vocab, device, first_host) = (first.model, first.config.vocab_size, first.device.clone(), first.host);
     let stops_on = tokenizer.is_some() && !cfg.stop.is_empty();
     let mut rows: Vec<Row> = decoders
         .iter_mut()
@@ -828,7 +830,8 @@ fn decode_rows(
         let mut logits: Vec<Vec<f32>> =
             decoders.iter().map(|d| d.last_logits.clone().unwrap_or_else(|| vec![0.0; vocab])).collect();
         let mut active: Vec<usize> = (0..decoders.len()).collect();
-        let mut state = State::stack(decoders.iter().map(|d| d.state.clone()).collect())?;
+        let state = State::stack(decoders.iter().map(|d| d.state.clone()).collect())?;
+        let mut steps = Stepper::new(model, first_host, &device, state);
         while !active.is_empty() {
             let mut next = Vec::with_capacity(active.len());
             for (pos, &r) in active.iter().enumerate() {
@@ -839,17 +842,7 @@ fn decode_rows(
                 next.push(tok);
             }
             let m = active.len();
-            let input = Tensor::<2, Int>::from_data(
-                TensorData::new(next.iter().map(|&t| t as i64).collect::<Vec<_>>(), [m, 1]),
-                &device,
-            );
-            let (out, st) = model.forward(input, state);
-            state = st;
-            let flat = out.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default();
-            logits = flat.chunks(vocab).map(<[f32]>::to_vec).collect();
-            if logits.len() != m {
-                return Err(Error::Data("the model returned logits of an unexpected shape".into()));
-            }
+            logits = steps.step(&next, vocab)?;
             let mut keep = Vec::with_capacity(m);
             for (pos, &r) in active.iter().enumerate() {
                 let tok = next[pos];
@@ -885,14 +878,14 @@ fn decode_rows(
                     keep.push(pos);
                 } else {
                     let d = &mut decoders[r];
-                    d.state = if m == 1 { state.clone() } else { state.clone().select_rows(&[pos]) };
+                    d.state = steps.row(pos);
                     d.last_logits = Some(logits[pos].clone());
                 }
             }
             if keep.len() < m {
                 active = keep.iter().map(|&p| active[p]).collect();
                 if !keep.is_empty() {
-                    state = state.select_rows(&keep);
+                    steps.select_rows(&keep);
                     logits = keep.iter().map(|&p| std::mem::take(&mut logits[p])).collect();
                 }
             }
@@ -911,6 +904,58 @@ fn decode_rows(
             }
         })
         .collect())
+}
+
+/// One forward per decoding step for a batch of rows: Burn's, or the host kernels of a
+/// [`HostModel`] with the state kept on the host between steps.
+enum Stepper<'m> {
+    Burn { model: &'m MinGruLm, device: Device, state: State },
+    Host { model: &'m HostModel, device: Device, state: HostState },
+}
+
+impl<'m> Stepper<'m> {
+    fn new(model: &'m MinGruLm, host: Option<&'m HostModel>, device: &Device, state: State) -> Self {
+        match host {
+            Some(host) => Self::Host { model: host, device: device.clone(), state: HostState::from_state(&state) },
+            None => Self::Burn { model, device: device.clone(), state },
+        }
+    }
+
+    /// One token per row → the logits of each row, `[V]` each.
+    fn step(&mut self, tokens: &[u32], vocab: usize) -> Result<Vec<Vec<f32>>> {
+        let flat = match self {
+            Self::Burn { model, device, state } => {
+                let ids: Vec<i64> = tokens.iter().map(|&t| t as i64).collect();
+                let input = Tensor::<2, Int>::from_data(TensorData::new(ids, [tokens.len(), 1]), &*device);
+                let (out, next) = model.forward(input, std::mem::replace(state, State { layers: vec![] }));
+                *state = next;
+                out.into_data().convert::<f32>().try_to_vec::<f32>().unwrap_or_default()
+            }
+            Self::Host { model, state, .. } => model.step(tokens, state),
+        };
+        let logits: Vec<Vec<f32>> = flat.chunks(vocab).map(<[f32]>::to_vec).collect();
+        if logits.len() != tokens.len() {
+            return Err(Error::Data("the model returned logits of an unexpected shape".into()));
+        }
+        Ok(logits)
+    }
+
+    /// Keeps rows `rows`, in that order.
+    fn select_rows(&mut self, rows: &[usize]) {
+        match self {
+            Self::Burn { state, .. } => *state = std::mem::replace(state, State { layers: vec![] }).select_rows(rows),
+            Self::Host { state, .. } => *state = state.select_rows(rows),
+        }
+    }
+
+    /// The state of row `pos` alone.
+    fn row(&self, pos: usize) -> State {
+        match self {
+            Self::Burn { state, .. } if state.batch() == 1 => state.clone(),
+            Self::Burn { state, .. } => state.clone().select_rows(&[pos]),
+            Self::Host { state, device, .. } => state.select_rows(&[pos]).to_state(device),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,421 @@
+//! One decoding step on the CPU, from plain host copies of the weights.
+//!
+//! A decoding step reads every weight once and does two flops per weight read, so on a CPU it
+//! is bound by memory bandwidth once the model outgrows the caches (a 20M-parameter model reads
+//! 80 MB of f32 per token), and by per-op dispatch while it fits in them. This module keeps the
+//! matrices output-major (`[D_out, D_in]`: each output is one contiguous dot product, split
+//! between threads by output when the matrix is large), optionally in bfloat16 (half the bytes
+//! per token), and runs a whole layer per call without building tensors.
+//!
+//! The maths is the model's ([`super::block`]) in its one-token form; the tests check it against
+//! the Burn forward. bfloat16 here means the weights are bfloat16 *values*: [`round_to_bf16`]
+//! rounds the Burn model's matrices the same way, so evaluation and prefill through Burn see the
+//! same weights as these steps.
+
+use burn::module::Param;
+use burn::nn::{Linear, RmsNorm};
+use burn::tensor::{Device, Tensor, TensorData};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use super::fused::{erf, g, sigmoid, vectorised};
+use super::lm::MinGruLm;
+use super::scan::LOG_ZERO;
+use super::state::{LayerState, State};
+
+/// Element type of the weight matrices when decoding.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightDtype {
+    /// As trained.
+    #[default]
+    F32,
+    /// Rounded to bfloat16 (8 significant bits): half the memory traffic per decoded token.
+    Bf16,
+}
+
+impl std::str::FromStr for WeightDtype {
+    type Err = crate::error::Error;
+    fn from_str(s: &str) -> crate::error::Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            _ => Err(crate::error::Error::config("dtype", format!("expected f32 or bf16, got {s:?}"))),
+        }
+    }
+}
+
+/// The bfloat16 nearest to `x` (ties to even), as its 16 bits.
+pub fn bf16_bits(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16; // stay a NaN
+    }
+    let rounding = 0x7FFF + ((bits >> 16) & 1);
+    (bits.wrapping_add(rounding) >> 16) as u16
+}
+
+#[inline(always)]
+fn bf16_value(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
+}
+
+/// `model` with every weight matrix (the linear maps, and the embedding when it is also the
+/// head) rounded to bfloat16 values; norms, biases and the conv stay f32.
+pub fn round_to_bf16(mut model: MinGruLm) -> MinGruLm {
+    let round = |p: Param<Tensor<2>>| {
+        p.map(|t| {
+            let (dims, device) = (t.dims(), t.device());
+            let v: Vec<f32> = host(&t).into_iter().map(|x| bf16_value(bf16_bits(x))).collect();
+            Tensor::from_data(TensorData::new(v, dims), &device)
+        })
+    };
+    let round_linear = |l: &mut Linear| l.weight = round(l.weight.clone());
+    for b in &mut model.blocks {
+        round_linear(&mut b.mingru.to_hz);
+        if let Some(out) = &mut b.mingru.to_out {
+            round_linear(out);
+        }
+        round_linear(&mut b.ff.up);
+        round_linear(&mut b.ff.down);
+    }
+    match &mut model.head {
+        Some(head) => round_linear(head),
+        None => model.embedding.weight = round(model.embedding.weight.clone()),
+    }
+    model
+}
+
+fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
+}
+
+enum Weights {
+    F32(Vec<f32>),
+    Bf16(Vec<u16>),
+}
+
+/// Matrices below this many weights run on one thread: splitting them costs more than it saves.
+const PARALLEL_MIN: usize = 1 << 17;
+
+/// `y = W x (+ b)` with `W` stored output-major.
+struct Matrix {
+    /// `D_out`.
+    rows: usize,
+    /// `D_in`.
+    cols: usize,
+    /// `[D_out, D_in]`.
+    weights: Weights,
+    /// `[D_out]`.
+    bias: Option<Vec<f32>>,
+}
+
+impl Matrix {
+    /// From weights laid out `[D_out, D_in]`.
+    fn new(out_major: Vec<f32>, rows: usize, cols: usize, bias: Option<Vec<f32>>, dtype: WeightDtype) -> Self {
+        let weights = match dtype {
+            WeightDtype::F32 => Weights::F32(out_major),
+            WeightDtype::Bf16 => Weights::Bf16(out_major.into_iter().map(bf16_bits).collect()),
+        };
+        Self { rows, cols, weights, bias }
+    }
+
+    /// From a Burn linear layer (weight `[D_in, D_out]`).
+    fn linear(layer: &Linear, dtype: WeightDtype) -> Self {
+        let [cols, rows] = layer.weight.dims();
+        let w = host(&layer.weight.val());
+        let mut t = vec![0.0f32; w.len()];
+        for (i, row) in w.chunks_exact(rows).enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                t[j * cols + i] = v;
+            }
+        }
+        Self::new(t, rows, cols, layer.bias.as_ref().map(|b| host(&b.val())), dtype)
+    }
+
+    /// `x`: `[m, D_in]` → `[m, D_out]`.
+    fn apply(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (rows, cols) = (self.rows, self.cols);
+        // Computed output-major (`[D_out, m]`) so that threads own contiguous outputs, and each
+        // weight row is read once for all `m` inputs.
+        let mut yt = vec![0.0f32; rows * m];
+        let block = 16;
+        let run = |(i, out): (usize, &mut [f32])| {
+            vectorised(|| {
+                for (k, out) in out.chunks_exact_mut(m).enumerate() {
+                    let n = i * block + k;
+                    for (r, o) in out.iter_mut().enumerate() {
+                        let xr = &x[r * cols..(r + 1) * cols];
+                        *o = match &self.weights {
+                            Weights::F32(w) => dot(&w[n * cols..(n + 1) * cols], xr, |v| v),
+                            Weights::Bf16(w) => dot(&w[n * cols..(n + 1) * cols], xr, bf16_value),
+                        };
+                    }
+                }
+            })
+        };
+        if rows * cols >= PARALLEL_MIN {
+            yt.par_chunks_mut(block * m).enumerate().for_each(run);
+        } else {
+            yt.chunks_mut(block * m).enumerate().for_each(run);
+        }
+        let mut y = vec![0.0f32; m * rows];
+        for (n, out) in yt.chunks_exact(m).enumerate() {
+            let b = self.bias.as_ref().map_or(0.0, |b| b[n]);
+            for (r, &v) in out.iter().enumerate() {
+                y[r * rows + n] = v + b;
+            }
+        }
+        y
+    }
+}
+
+/// `sum_i w_i x_i` in 16 independent lanes (vectorises without reassociating), then the tail.
+#[inline(always)]
+fn dot<W: Copy>(w: &[W], x: &[f32], value: impl Fn(W) -> f32) -> f32 {
+    const L: usize = 16;
+    let mut acc = [0.0f32; L];
+    let whole = w.len() / L * L;
+    for (wc, xc) in w[..whole].chunks_exact(L).zip(x[..whole].chunks_exact(L)) {
+        for i in 0..L {
+            acc[i] += value(wc[i]) * xc[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (&wi, &xi) in w[whole..].iter().zip(&x[whole..]) {
+        s += value(wi) * xi;
+    }
+    s
+}
+
+/// RMSNorm of each `[D]` row of `x` (`[m, D]`).
+fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
+    let d = gamma.len();
+    let mut y = Vec::with_capacity(x.len());
+    for row in x.chunks_exact(d) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let rms = (mean_sq + eps).sqrt();
+        y.extend(row.iter().zip(gamma).map(|(v, g)| v / rms * g));
+    }
+    y
+}
+
+struct Norm {
+    gamma: Vec<f32>,
+    eps: f32,
+}
+
+impl Norm {
+    fn new(n: &RmsNorm) -> Self {
+        Self { gamma: host(&n.gamma.val()), eps: n.epsilon as f32 }
+    }
+    fn apply(&self, x: &[f32]) -> Vec<f32> {
+        rms_norm(x, &self.gamma, self.eps)
+    }
+}
+
+struct Conv {
+    /// `[K, D]`: tap `k` multiplies the input `K - 1 - k` steps back.
+    weight: Vec<f32>,
+    /// `[D]`.
+    bias: Vec<f32>,
+}
+
+struct HostBlock {
+    norm_mix: Norm,
+    conv: Option<Conv>,
+    to_hz: Matrix,
+    to_out: Option<Matrix>,
+    norm_ff: Norm,
+    up: Matrix,
+    down: Matrix,
+    swiglu: bool,
+}
+
+/// The recurrent state of `rows` decoding rows, on the host.
+#[derive(Clone, Debug)]
+pub struct HostState {
+    pub rows: usize,
+    /// Per layer, `h` (linear space): `[rows, E]`.
+    h: Vec<Vec<f32>>,
+    /// Per layer, the conv's last `K - 1` inputs: `[rows, K-1, D]` (empty without a conv).
+    conv: Vec<Vec<f32>>,
+}
+
+impl HostState {
+    /// The host copy of `state`.
+    pub fn from_state(state: &State) -> Self {
+        let h = state.layers.iter().map(|l| host(&l.log_h).into_iter().map(f32::exp).collect()).collect();
+        let conv = state.layers.iter().map(|l| l.conv.as_ref().map(host).unwrap_or_default()).collect();
+        Self { rows: state.batch(), h, conv }
+    }
+
+    /// Back to a [`State`] on `device` (`log h`, floored at [`LOG_ZERO`] as the forward does).
+    pub fn to_state(&self, device: &Device) -> State {
+        let layers = self
+            .h
+            .iter()
+            .zip(&self.conv)
+            .map(|(h, conv)| {
+                let e = h.len() / self.rows;
+                let log_h: Vec<f32> = h.iter().map(|v| v.ln().max(LOG_ZERO)).collect();
+                let conv = (!conv.is_empty()).then(|| {
+                    let d_k = conv.len() / self.rows;
+                    Tensor::<1>::from_data(TensorData::new(conv.clone(), [conv.len()]), device).reshape([
+                        self.rows as i64,
+                        -1,
+                        d_k as i64,
+                    ])
+                });
+                LayerState { log_h: Tensor::from_data(TensorData::new(log_h, [self.rows, 1, e]), device), conv }
+            })
+            .collect();
+        State { layers }
+    }
+
+    /// Rows `rows` (in that order) of every layer.
+    pub fn select_rows(&self, rows: &[usize]) -> Self {
+        let pick = |v: &Vec<f32>| {
+            if v.is_empty() {
+                return Vec::new();
+            }
+            let w = v.len() / self.rows;
+            rows.iter().flat_map(|&r| v[r * w..(r + 1) * w].iter().copied()).collect()
+        };
+        Self { rows: rows.len(), h: self.h.iter().map(pick).collect(), conv: self.conv.iter().map(pick).collect() }
+    }
+}
+
+/// A model's weights on the host, for one-token steps.
+pub struct HostModel {
+    dim: usize,
+    vocab: usize,
+    /// `[V, D]`.
+    embedding: Vec<f32>,
+    blocks: Vec<HostBlock>,
+    norm: Norm,
+    /// `D -> V` (the embedding itself when tied).
+    head: Matrix,
+    pub dtype: WeightDtype,
+}
+
+impl HostModel {
+    /// Host copies of `model`'s weights, matrices in `dtype`.
+    pub fn new(model: &MinGruLm, dtype: WeightDtype) -> Self {
+        let [vocab, dim] = model.embedding.weight.dims();
+        let embedding = host(&model.embedding.weight.val());
+        let blocks = model
+            .blocks
+            .iter()
+            .map(|b| HostBlock {
+                norm_mix: Norm::new(&b.norm_mix),
+                conv: b.conv.as_ref().map(|c| Conv { weight: host(&c.weight.val()), bias: host(&c.bias.val()) }),
+                to_hz: Matrix::linear(&b.mingru.to_hz, dtype),
+                to_out: b.mingru.to_out.as_ref().map(|l| Matrix::linear(l, dtype)),
+                norm_ff: Norm::new(&b.norm_ff),
+                up: Matrix::linear(&b.ff.up, dtype),
+                down: Matrix::linear(&b.ff.down, dtype),
+                swiglu: b.ff.swiglu,
+            })
+            .collect();
+        let head = match &model.head {
+            Some(head) => Matrix::linear(head, dtype),
+            None => Matrix::new(embedding.clone(), vocab, dim, None, dtype),
+        };
+        Self { dim, vocab, embedding, blocks, norm: Norm::new(&model.norm), head, dtype }
+    }
+
+    /// Vocabulary size `V`.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Consumes one token per row of `state` → logits `[rows, V]`, advancing `state`.
+    pub fn step(&self, tokens: &[u32], state: &mut HostState) -> Vec<f32> {
+        let (m, d) = (tokens.len(), self.dim);
+        assert_eq!(m, state.rows, "one token per state row");
+        let mut x: Vec<f32> = Vec::with_capacity(m * d);
+        for &t in tokens {
+            let t = (t as usize).min(self.vocab - 1);
+            x.extend_from_slice(&self.embedding[t * d..(t + 1) * d]);
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            let mut u = b.norm_mix.apply(&x);
+            if let Some(conv) = &b.conv {
+                u = conv_step(conv, &u, &mut state.conv[i], d);
+            }
+            let hz = b.to_hz.apply(&u, m);
+            let h = &mut state.h[i];
+            let e = h.len() / m;
+            vectorised(|| {
+                for (prev, hz) in h.chunks_exact_mut(e).zip(hz.chunks_exact(2 * e)) {
+                    let (kh, kz) = hz.split_at(e);
+                    for ((p, &kh), &kz) in prev.iter_mut().zip(kh).zip(kz) {
+                        *p += sigmoid(kz) * (g(kh) - *p);
+                    }
+                }
+            });
+            let mixed = match &b.to_out {
+                Some(out) => out.apply(h, m),
+                None => h.clone(),
+            };
+            add(&mut x, &mixed);
+            let up = b.up.apply(&b.norm_ff.apply(&x), m);
+            let hidden: Vec<f32> = if b.swiglu {
+                let hh = up.len() / m / 2;
+                up.chunks_exact(2 * hh)
+                    .flat_map(|r| r[..hh].iter().zip(&r[hh..]).map(|(&a, &g)| a * sigmoid(a) * g))
+                    .collect()
+            } else {
+                up.iter().map(|&v| 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2))).collect()
+            };
+            add(&mut x, &b.down.apply(&hidden, m));
+        }
+        self.head.apply(&self.norm.apply(&x), m)
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// One step of the causal conv per row: `u`: `[m, D]`, `cache`: `[m, K-1, D]` (shifted by one).
+fn conv_step(conv: &Conv, u: &[f32], cache: &mut [f32], d: usize) -> Vec<f32> {
+    let k = conv.weight.len() / d;
+    let mut y = Vec::with_capacity(u.len());
+    let hist = (k - 1) * d;
+    for (r, ur) in u.chunks_exact(d).enumerate() {
+        let c = &mut cache[r * hist..(r + 1) * hist];
+        for j in 0..d {
+            let mut s = conv.bias[j];
+            for tap in 0..k - 1 {
+                s += conv.weight[tap * d + j] * c[tap * d + j];
+            }
+            y.push(s + conv.weight[(k - 1) * d + j] * ur[j]);
+        }
+        if hist > 0 {
+            c.copy_within(d.., 0);
+            c[hist - d..].copy_from_slice(ur);
+        }
+    }
+    y
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_rounds_to_nearest_even() {
+        assert_eq!(bf16_bits(1.0), 0x3F80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
+        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3F80);
+        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: rounds up to the even one.
+        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3F82);
+        assert_eq!(bf16_value(bf16_bits(-2.5)), -2.5);
+        assert!(bf16_value(bf16_bits(f32::NAN)).is_nan());
+        for x in [0.1f32, -3.7, 1e-20, 6.5e4] {
+            assert!(((bf16_value(bf16_bits(x)) - x) / x).abs() <= 1.0 / 256.0);
+        }
+    }
+}
