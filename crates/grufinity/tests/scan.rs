@@ -170,3 +170,35 @@ fn fused_gelu_matches_burn() {
     assert!(max_abs_diff(&ya, &yb) <= 1e-5, "values differ by {}", max_abs_diff(&ya, &yb));
     assert!(max_abs_diff(&ga, &gb) <= 1e-4, "gradients differ by {}", max_abs_diff(&ga, &gb));
 }
+
+/// The fused RMSNorm and its gradients (input and gain) against Burn's `RmsNorm`.
+#[test]
+fn fused_rms_norm_matches_burn() {
+    use burn::module::Param;
+    use burn::nn::RmsNormConfig;
+    use grufinity::model::fused_norm::rms_norm;
+    let mut rng = Rng(78);
+    // 70 rows (not a multiple of the kernel's 32-row tasks), width 40 (not a multiple of 16).
+    let values = rng.normals(5 * 14 * 40, 2.0);
+    let gains: Vec<f32> = rng.normals(40, 1.0).into_iter().map(|g| g as f32).collect();
+    let ad = cpu().autodiff();
+    let run = |fused: bool| {
+        let mut norm = RmsNormConfig::new(40).init(&ad);
+        norm.gamma = Param::from_tensor(Tensor::<1>::from_data(burn::tensor::TensorData::new(gains.clone(), [40]), &ad));
+        let x = tensor3(&values, [5, 14, 40], &ad).require_grad();
+        let y = if fused { rms_norm(&norm, x.clone()) } else { norm.forward(x.clone()) };
+        // A loss that weights every output differently, so every gradient term matters.
+        let w = tensor3(&rng_weights(), [5, 14, 40], &ad);
+        let g = (y.clone() * w).sum().backward();
+        (to_vec(y), to_vec(x.grad(&g).unwrap()), to_vec(norm.gamma.val().grad(&g).unwrap()))
+    };
+    let (ya, dxa, dga) = run(true);
+    let (yb, dxb, dgb) = run(false);
+    assert!(max_abs_diff(&ya, &yb) <= 1e-5, "values differ by {}", max_abs_diff(&ya, &yb));
+    assert!(max_abs_diff(&dxa, &dxb) <= 1e-4, "input gradients differ by {}", max_abs_diff(&dxa, &dxb));
+    assert!(max_abs_diff(&dga, &dgb) <= 1e-3, "gain gradients differ by {}", max_abs_diff(&dga, &dgb));
+}
+
+fn rng_weights() -> Vec<f64> {
+    Rng(79).normals(5 * 14 * 40, 1.0)
+}

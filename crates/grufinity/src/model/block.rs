@@ -14,6 +14,7 @@ use super::config::{FeedForwardKind, ModelConfig};
 use super::conv::CausalConv;
 use super::dense;
 use super::fused;
+use super::fused_norm::rms_norm;
 use super::init::Init;
 use super::mingru::MinGru;
 use super::state::LayerState;
@@ -79,7 +80,7 @@ impl Block {
 
     /// `x`: `[B, T, D]` with this layer's carried state → (`[B, T, D]`, next state).
     pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
-        let mut h = self.norm_mix.forward(x.clone());
+        let mut h = rms_norm(&self.norm_mix, x.clone());
         let conv = match (&self.conv, state.conv) {
             (Some(conv), Some(cache)) => {
                 let (y, cache) = conv.forward(h, cache);
@@ -90,7 +91,7 @@ impl Block {
         };
         let (mixed, log_h) = self.mingru.forward(h, state.log_h);
         let x = x + self.dropout.forward(mixed);
-        let x = x.clone() + self.dropout.forward(self.ff.forward(self.norm_ff.forward(x)));
+        let x = x.clone() + self.dropout.forward(self.ff.forward(rms_norm(&self.norm_ff, x)));
         (x, LayerState { log_h, conv })
     }
 }

@@ -81,7 +81,7 @@ pub fn recurrence(hz: Tensor<3>, h0: Tensor<3>) -> Tensor<3> {
 
 // ---------------------------------------------------------------- CPU kernels
 
-fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
+pub(crate) fn f32s(t: &FlexTensor) -> std::borrow::Cow<'_, [f32]> {
     assert_eq!(t.dtype(), DType::F32, "the fused minGRU scan runs in f32");
     match t.as_slice::<f32>() {
         Some(s) => std::borrow::Cow::Borrowed(s),

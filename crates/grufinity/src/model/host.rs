@@ -194,8 +194,8 @@ fn rms_norm(x: &[f32], gamma: &[f32], eps: f32) -> Vec<f32> {
     let mut y = Vec::with_capacity(x.len());
     for row in x.chunks_exact(d) {
         let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / d as f32;
-        let rms = (mean_sq + eps).sqrt();
-        y.extend(row.iter().zip(gamma).map(|(v, g)| v / rms * g));
+        let r = 1.0 / (mean_sq + eps).sqrt();
+        y.extend(row.iter().zip(gamma).map(|(v, g)| v * r * g));
     }
     y
 }

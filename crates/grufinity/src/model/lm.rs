@@ -7,6 +7,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::block::Block;
 use super::dense;
+use super::fused_norm::rms_norm;
 use super::config::ModelConfig;
 use super::init::Init;
 use super::state::State;
@@ -52,7 +53,7 @@ impl MinGruLm {
             x = y;
             layers.push(s);
         }
-        (self.logits(self.norm.forward(x)), State { layers })
+        (self.logits(rms_norm(&self.norm, x)), State { layers })
     }
 
     fn logits(&self, x: Tensor<3>) -> Tensor<3> {

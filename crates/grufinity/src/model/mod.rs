@@ -5,6 +5,7 @@ pub mod config;
 pub mod dense;
 pub mod conv;
 pub mod fused;
+pub mod fused_norm;
 pub mod host;
 pub mod init;
 pub mod lm;

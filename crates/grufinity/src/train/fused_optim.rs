@@ -105,7 +105,10 @@ impl FusedOptimOps for Flex {
 
     fn sum_squares(x: FlexTensor) -> FlexTensor {
         let x = exclusive(x);
-        let total: f64 = x
+        // Partial sums per chunk, added in order: the same total on every run (a parallel
+        // reduction would associate differently from run to run, and the gradient norm feeds
+        // clipping, so resumed training would not repeat exactly).
+        let partials: Vec<f64> = x
             .storage::<f32>()
             .par_chunks(CHUNK)
             .map(|c| {
@@ -120,7 +123,8 @@ impl FusedOptimOps for Flex {
                     acc.iter().map(|&a| a as f64).sum::<f64>() + c[whole..].iter().map(|&a| (a * a) as f64).sum::<f64>()
                 })
             })
-            .sum();
+            .collect();
+        let total: f64 = partials.iter().sum();
         FlexTensor::from_data(TensorData::new(vec![total as f32], [1]))
     }
 }
