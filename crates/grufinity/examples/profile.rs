@@ -23,12 +23,18 @@ fn main() {
     if std::env::args().nth(1).as_deref() == Some("model") {
         return model_only(&device, &ad, b, t);
     }
+    if std::env::args().nth(1).as_deref() == Some("step") {
+        return train_steps(&ad);
+    }
     // Forward+backward of each piece of a reference block at batch 16, chunk 256.
     let (b, t, d, e, h) = (16, 256, 256, 384, 1024);
     let x = Tensor::<3>::random([b, t, d], Distribution::Normal(0.0, 1.0), &ad).require_grad();
     let norm = burn::nn::RmsNormConfig::new(d).init(&ad);
-    time("rmsnorm [16,256,256]", 5, || {
+    time("rmsnorm [16,256,256] (burn)", 5, || {
         let _ = norm.forward(x.clone()).sum().backward();
+    });
+    time("rmsnorm [16,256,256] (fused)", 5, || {
+        let _ = grufinity::model::fused_norm::rms_norm(&norm, x.clone()).sum().backward();
     });
     let w_hz = Tensor::<2>::random([d, 2 * e], Distribution::Normal(0.0, 0.05), &ad).require_grad();
     time("linear 256->768", 5, || {
@@ -72,4 +78,29 @@ fn model_only(device: &Device, ad: &Device, b: usize, t: usize) {
         let (l, _) = model.loss(token_tensor(&tokens, b, t, &ad), token_tensor(&tokens, b, t, &ad), State::zeros(&cfg, b, &ad));
         let _ = l.backward();
     });
+}
+
+/// `profile step N DIM DEPTH CHUNK`: N whole training steps at batch 16 (forward, backward,
+/// gradient norm and clipping, AdamW, the finiteness check), with the fused and the tensor-op
+/// optimiser.
+fn train_steps(ad: &Device) {
+    use grufinity::train::optim::{accumulate_grads, clip_global_norm, params_finite, AdamW, AdamWConfig, GradMap};
+    let arg = |i: usize, default: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(default);
+    let (n, dim, depth, t, b) = (arg(2, 3), arg(3, 256), arg(4, 4), arg(5, 256), 16);
+    let cfg = ModelConfig { dim, depth, ..Default::default() };
+    let tokens: Vec<u32> = (0..b * t).map(|i| (i * 7 % 256) as u32).collect();
+    for fused in [false, true, false, true] {
+        let mut model = MinGruLm::new(&cfg, 0, ad).unwrap();
+        let mut opt = AdamW::new(AdamWConfig { beta1: 0.9, beta2: 0.99, eps: 1e-8, weight_decay: 0.1 });
+        opt.fused = fused;
+        time(&format!("train step (fused optimiser: {fused})"), n, || {
+            let (l, _) = model.loss(token_tensor(&tokens, b, t, ad), token_tensor(&tokens, b, t, ad), State::zeros(&cfg, b, ad));
+            let grads = l.backward();
+            let mut acc = GradMap::new();
+            accumulate_grads(&model, &grads, 1.0, &mut acc);
+            clip_global_norm(&mut acc, 1.0);
+            model = opt.update(model.clone(), &acc, 1e-3);
+            assert!(params_finite(&model));
+        });
+    }
 }

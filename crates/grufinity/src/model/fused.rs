@@ -136,10 +136,16 @@ fn g_prime(x: f32) -> f32 {
 /// `erf(x)`, |error| < 1.5e-7 (Abramowitz & Stegun 7.1.26).
 #[inline]
 pub(crate) fn erf(x: f32) -> f32 {
+    erf_given_exp(x, exp(-x * x))
+}
+
+/// `erf(x)` given `e = exp(-x^2)` (GELU's backward has it already: its density term).
+#[inline]
+fn erf_given_exp(x: f32, e: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
     let poly = t * (0.254_829_6 + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152_1 + t * 1.061_405_4))));
-    let y = 1.0 - poly * exp(-a * a);
+    let y = 1.0 - poly * e;
     y.copysign(x)
 }
 
@@ -255,8 +261,10 @@ impl MinGruScanOps for Flex {
             .for_each(|(o, (x, g))| {
                 vectorised(|| {
                     for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
-                        let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+                        // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
+                        let e = exp(-0.5 * x * x);
+                        let cdf = 0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e));
+                        let pdf = FRAC_1_SQRT_2PI * e;
                         *o = g * (cdf + x * pdf);
                     }
                 })
