@@ -4,8 +4,9 @@
 //!   at (B=16, T=256, D=384) and (B=1, T=4096, D=384);
 //! - one training step of the reference model (dim 256, depth 4, expansion 1.5, ff_mult 4,
 //!   vocab 256, batch 16, chunk 256): forward, backward, AdamW update;
-//! - one decoding step (one token, one stream) of the benchmark's large model (dim 512, depth
-//!   6): Burn's forward, and the host step with f32 and bf16 weights.
+//! - one decoding step (one token, one stream) of the comparison's three models (dim 128,
+//!   depth 4; dim 256, depth 4; dim 512, depth 6): Burn's forward, and the host step with f32
+//!   and bf16 weights.
 
 use std::hint::black_box;
 
@@ -88,25 +89,29 @@ fn train_step(c: &mut Criterion) {
 fn decode_step(c: &mut Criterion) {
     grufinity::alloc::keep_freed_memory();
     let cpu = Device::flex();
-    let cfg = ModelConfig { dim: 512, depth: 6, ..Default::default() };
-    let model = MinGruLm::new(&cfg, 0, &cpu).expect("valid config");
-    let mut group = c.benchmark_group("decode step dim512 depth6");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("burn forward", |bench| {
-        let mut state = State::zeros(&cfg, 1, &cpu);
-        bench.iter(|| {
-            let token = Tensor::<2, Int>::from_data(TensorData::new(vec![65i64], [1, 1]), &cpu);
-            let (logits, next) = model.forward(token, state.clone());
-            state = next;
-            black_box(logits.into_data())
-        })
-    });
-    for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
-        let host = HostModel::new(&model, dtype);
-        let mut state = HostState::from_state(&State::zeros(&cfg, 1, &cpu));
-        group.bench_function(format!("host {dtype:?}"), |bench| bench.iter(|| black_box(host.step(&[65], &mut state))));
+    for (dim, depth) in [(128, 4), (256, 4), (512, 6)] {
+        let cfg = ModelConfig { dim, depth, ..Default::default() };
+        let model = MinGruLm::new(&cfg, 0, &cpu).expect("valid config");
+        let mut group = c.benchmark_group(format!("decode step dim{dim} depth{depth}"));
+        group.throughput(Throughput::Elements(1));
+        group.bench_function("burn forward", |bench| {
+            let mut state = State::zeros(&cfg, 1, &cpu);
+            bench.iter(|| {
+                let token = Tensor::<2, Int>::from_data(TensorData::new(vec![65i64], [1, 1]), &cpu);
+                let (logits, next) = model.forward(token, state.clone());
+                state = next;
+                black_box(logits.into_data())
+            })
+        });
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+            let host = HostModel::new(&model, dtype);
+            let mut state = HostState::from_state(&State::zeros(&cfg, 1, &cpu));
+            group.bench_function(format!("host {dtype:?}"), |bench| {
+                bench.iter(|| black_box(host.step(&[65], &mut state)))
+            });
+        }
+        group.finish();
     }
-    group.finish();
 }
 
 criterion_group!(benches, scan, train_step, decode_step);

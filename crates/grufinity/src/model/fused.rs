@@ -175,7 +175,7 @@ fn map_parallel(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let v = f32s(x);
     let mut out = vec![0.0f32; v.len()];
     out.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(o, i)| {
-        vectorised(|| {
+        vectorised(#[inline(always)] || {
             for (o, &i) in o.iter_mut().zip(i) {
                 *o = f(i);
             }
@@ -198,7 +198,7 @@ impl MinGruScanOps for Flex {
         out.par_chunks_mut(t * e).enumerate().for_each(|(row, out)| {
             let hz = &hz[row * t * e2..(row + 1) * t * e2];
             let mut prev: Vec<f32> = h0v[row * e..(row + 1) * e].to_vec();
-            vectorised(|| {
+            vectorised(#[inline(always)] || {
                 for (out, hz) in out.chunks_exact_mut(e).zip(hz.chunks_exact(e2)) {
                     let (kh, kz) = hz.split_at(e);
                     for (((out, prev), &kh), &kz) in out.iter_mut().zip(prev.iter_mut()).zip(kh).zip(kz) {
@@ -227,7 +227,7 @@ impl MinGruScanOps for Flex {
         dhz.par_chunks_mut(t * e2).zip(dh0.par_chunks_mut(e)).enumerate().for_each(|(row, (dhz, dh0))| {
             let (hz, hv, gv) = (&hz[row * t * e2..], &hv[row * t * e..], &gv[row * t * e..]);
             let mut carry = vec![0.0f32; e];
-            vectorised(|| {
+            vectorised(#[inline(always)] || {
                 for step in (0..t).rev() {
                     let (kh, kz) = hz[step * e2..(step + 1) * e2].split_at(e);
                     let (dkh, dkz) = dhz[step * e2..(step + 1) * e2].split_at_mut(e);
@@ -259,7 +259,7 @@ impl MinGruScanOps for Flex {
         out.par_chunks_mut(1 << 14)
             .zip(xv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
             .for_each(|(o, (x, g))| {
-                vectorised(|| {
+                vectorised(#[inline(always)] || {
                     for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
                         // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
                         let e = exp(-0.5 * x * x);

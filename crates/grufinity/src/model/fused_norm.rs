@@ -88,7 +88,7 @@ impl RmsNormOps for Flex {
         let d = gv.len();
         let mut out = vec![0.0f32; xv.len()];
         out.par_chunks_mut(ROWS * d).zip(xv.par_chunks(ROWS * d)).for_each(|(out, x)| {
-            vectorised(|| {
+            vectorised(#[inline(always)] || {
                 for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     let r = inv_rms(x, eps);
                     for ((o, &x), &g) in out.iter_mut().zip(x).zip(gv.iter()) {
@@ -111,7 +111,7 @@ impl RmsNormOps for Flex {
             .zip(xv.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
             .map(|(dx, (x, dy))| {
                 let mut dg = vec![0.0f32; d];
-                vectorised(|| {
+                vectorised(#[inline(always)] || {
                     for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
                         let r = inv_rms(x, eps);
                         let k = r * r * r * dot3(dy, &gv, x) / d as f32;

@@ -91,7 +91,7 @@ impl FusedOptimOps for Flex {
             .zip(vs.par_chunks_mut(CHUNK))
             .zip(gs.par_chunks(CHUNK))
             .for_each(|(((p, m), v), g)| {
-                vectorised(|| {
+                vectorised(#[inline(always)] || {
                     for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
                         *m = s.beta1 * *m + (1.0 - s.beta1) * g;
                         *v = s.beta2 * *v + (1.0 - s.beta2) * (g * g);
@@ -112,7 +112,7 @@ impl FusedOptimOps for Flex {
             .storage::<f32>()
             .par_chunks(CHUNK)
             .map(|c| {
-                vectorised(|| {
+                vectorised(#[inline(always)] || {
                     let mut acc = [0.0f32; 16];
                     let whole = c.len() / 16 * 16;
                     for w in c[..whole].chunks_exact(16) {
