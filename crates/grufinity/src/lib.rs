@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod data;
+pub mod denormals;
 pub mod device;
 pub mod error;
 pub mod generate;

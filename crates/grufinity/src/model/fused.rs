@@ -155,7 +155,8 @@ const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 /// Runs `f` compiled for AVX2 and FMA when the CPU has them (8 lanes instead of SSE2's 4 for
 /// the loops `f` inlines), else as is. The build targets baseline x86-64, so without this the
-/// kernels' loops would only ever use SSE2.
+/// kernels' loops would only ever use SSE2. Pass the closure as `#[inline(always)] || ...`:
+/// otherwise the compiler may keep a large closure out of the wrapper, and it runs as SSE2.
 #[inline(always)]
 pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]

@@ -140,3 +140,42 @@ mod avx2 {
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The dispatched kernel (AVX2 where the CPU has it) against the portable loop and an f64
+    /// sum, over lengths with and without a tail past the blocks of 16.
+    #[test]
+    fn dot4_matches_the_portable_loop_and_f64() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for n in [0usize, 5, 16, 37, 300] {
+            let x: Vec<f32> = (0..n).map(|_| next()).collect();
+            let w: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let rows: [&[f32]; 4] = std::array::from_fn(|j| &w[j][..]);
+            let exact: [f64; 4] =
+                std::array::from_fn(|j| w[j].iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum());
+            let bits: Vec<Vec<u16>> =
+                w.iter().map(|r| r.iter().map(|&v| crate::model::host::bf16_bits(v)).collect()).collect();
+            let rows16: [&[u16]; 4] = std::array::from_fn(|j| &bits[j][..]);
+            let exact16: [f64; 4] = std::array::from_fn(|j| {
+                bits[j].iter().zip(&x).map(|(&a, &b)| a.value() as f64 * b as f64).sum()
+            });
+            for (got, want) in [
+                (f32::dot4(rows, &x), exact),
+                (portable(rows, &x), exact),
+                (u16::dot4(rows16, &x), exact16),
+                (portable(rows16, &x), exact16),
+            ] {
+                for j in 0..4 {
+                    assert!((got[j] as f64 - want[j]).abs() < 1e-4, "n={n} row {j}: {} vs {}", got[j], want[j]);
+                }
+            }
+        }
+    }
+}

@@ -413,6 +413,7 @@ fn apply_overrides(saved: TrainConfig, new: &TrainConfig) -> TrainConfig {
 /// with a checkpoint.
 pub fn train(config: TrainConfig, resume: Option<&Path>, on_event: &mut dyn FnMut(&Event) -> bool) -> Result<Outcome> {
     crate::alloc::keep_freed_memory();
+    let _flush = crate::denormals::FlushDenormals::new();
     let (cfg, saved, run_dir) = match resume {
         Some(ckpt) => {
             let ts = read_trainer_state(ckpt)?;
