@@ -11,9 +11,7 @@ pub(crate) trait Weight: Copy + Sync {
     fn value(self) -> f32;
 
     /// `[w_j · x for j in 0..4]`, all rows as long as `x`.
-    fn dot4(w: [&[Self]; 4], x: &[f32]) -> [f32; 4] {
-        portable(w, x)
-    }
+    fn dot4(w: [&[Self]; 4], x: &[f32]) -> [f32; 4];
 }
 
 impl Weight for f32 {
