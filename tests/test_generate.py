@@ -101,7 +101,7 @@ def test_generate_batch_equals_unbatched(model, kw):
 def test_generate_batch_rejects_a_single_string(model):
     with pytest.raises(grufinity.ConfigError):
         model.generate_batch("The ", max_new_tokens=3)
-    with pytest.raises(TypeError):
+    with pytest.raises(grufinity.ConfigError, match="`state`"):
         model.generate_batch(["The "], state=None)
 
 
@@ -137,7 +137,7 @@ def test_load_state_rejects_bad_bytes(model):
 
 
 def sample(logits, history=(), seed=0, **kw) -> int:
-    return _grufinity.Model.sample_logits([float(x) for x in logits], json.dumps(kw), list(history), seed)
+    return _grufinity.Model.sample_logits([float(x) for x in logits], kw, list(history), seed)
 
 
 def support(logits, history=(), **kw) -> set[int]:

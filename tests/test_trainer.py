@@ -124,9 +124,8 @@ def test_bad_flag_values_are_rejected_naming_the_key(tmp_path, corpus, args, key
 
 
 def test_bad_choice_via_python_config_names_the_key(tmp_path, corpus):
-    cfg = grufinity.TrainConfig(data=[str(corpus)], out_dir=str(tmp_path), name="x", on_nan="explode", max_steps=1)
     with pytest.raises(grufinity.ConfigError, match="`on_nan`"):
-        grufinity.train(cfg)
+        grufinity.TrainConfig(data=[str(corpus)], out_dir=str(tmp_path), name="x", on_nan="explode", max_steps=1)
 
 
 def test_wrong_flag_choice_is_a_usage_error(tmp_path, corpus):

@@ -1,15 +1,20 @@
-"""The training configuration: one flat set of keys shared by the CLI flags (dashes as
-underscores), TOML config files and :class:`TrainConfig`."""
+"""The training settings, declared once in the Rust core (type, default, range or choices,
+help) and generated here: the :class:`TrainConfig` dataclass, the CLI flags (dashes for
+underscores) and the keys of TOML config files all come from :data:`KEYS`.
+
+Every value is checked by the core when a :class:`TrainConfig` is made, so a wrong type, a
+value out of range or an unknown key is a :class:`~grufinity.errors.ConfigError` naming the key
+and the value.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Optional, Union, get_args, get_origin, get_type_hints
+from typing import Any, Optional
 
+from . import _grufinity
 from .errors import ConfigError
 
 if sys.version_info >= (3, 11):
@@ -17,164 +22,108 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-#: Keys whose value is one of a fixed set of words.
-CHOICES = {
-    "schedule": ("constant", "linear", "cosine", "plateau"),
-    "on_nan": ("stop", "skip"),
-    "ff_kind": ("gelu", "swiglu"),
-    "progress": ("auto", "bar", "plain", "json", "none"),
+#: Every training key as the core declares it: name, section, kind, optional, default,
+#: choices, min / max (``[value, inclusive]``) and help.
+KEYS: list[dict[str, Any]] = _grufinity.config_schema("train")
+
+#: Every sampling key (``Model.generate`` keywords, ``generate`` / ``chat`` flags), likewise.
+SAMPLING_KEYS: list[dict[str, Any]] = _grufinity.config_schema("sampling")
+
+_TYPES: dict[str, Any] = {
+    "int": int, "float": float, "bool": bool, "str": str, "path": str, "paths": list[str], "strs": list[str],
+    "choice": str,
 }
 
-#: Keys that describe the architecture (sent to the core as the nested ``model`` object).
-MODEL_KEYS = ("dim", "depth", "expansion", "ff_mult", "ff_kind", "conv_kernel", "tie_embeddings", "dropout")
+
+def annotation(key: dict[str, Any]) -> Any:
+    """The Python type of a key."""
+    t = _TYPES[key["kind"]]
+    return Optional[t] if key["optional"] else t
 
 
-@dataclass
-class TrainConfig:
-    """Every knob of a training run. ``grufinity train --help`` documents each one."""
-
-    data: list[str] = field(default_factory=list)
-    out_dir: str = "runs"
-    name: Optional[str] = None
-    device: str = "auto"
-    seed: int = 1337
-    # model
-    dim: int = 128
-    depth: int = 3
-    params: Optional[str] = None
-    expansion: float = 1.5
-    ff_mult: float = 4.0
-    ff_kind: str = "gelu"
-    conv_kernel: int = 0
-    tie_embeddings: bool = False
-    dropout: float = 0.0
-    tokenizer: str = "byte"
-    vocab_size: Optional[int] = None
-    # data
-    doc_separator: bool = False
-    reset_at_doc: bool = False
-    cache_dir: Optional[str] = None
-    batch_size: int = 16
-    chunk_len: int = 128
-    val_fraction: float = 0.1
-    # optimisation
-    lr: float = 3e-3
-    warmup: int = 50
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    plateau_patience: int = 3
-    plateau_factor: float = 0.5
-    early_stop_patience: int = 0
-    on_nan: str = "stop"
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.99
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    accum: int = 1
-    # budgets
-    max_steps: Optional[int] = None
-    max_tokens: Optional[int] = None
-    max_time: Optional[float] = 180.0
-    epochs: Optional[float] = None
-    # evaluation, checkpoints, logging
-    eval_every: int = 100
-    eval_tokens: int = 65536
-    save_every: int = 0
-    keep_last: int = 3
-    log_every: int = 10
-    sample_prompt: str = "def "
-    sample_tokens: int = 200
-    resume: Optional[str] = None
-    progress: str = "auto"
-
-    def to_core_json(self, data_files: list[Path], data_description: str, name: str) -> str:
-        """The JSON the Rust core takes (architecture nested under ``model``)."""
-        from . import _grufinity
-
-        _check_values(self)
-        d = dataclasses.asdict(self)
-        model = {k: d.pop(k) for k in MODEL_KEYS}
-        budget = d.pop("params")
-        for k in ("resume", "progress"):
-            d.pop(k)
-        if budget is not None:
-            model = json.loads(_grufinity.size_model(json.dumps(model), str(budget)))
-        d["model"] = model
-        # Paths the user typed may start with ~; the core takes them literally.
-        for key in ("cache_dir", "tokenizer"):
-            if d.get(key) and str(d[key]).startswith("~"):
-                d[key] = str(Path(d[key]).expanduser())
-        d["data"] = [str(p) for p in data_files]
-        d["data_description"] = data_description
-        d["name"] = name
-        return _grufinity.resolve_config(json.dumps(d))
+def _field(key: dict[str, Any]) -> Any:
+    default = key["default"]
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda d=default: list(d), metadata={"help": key["help"]})
+    return dataclasses.field(default=default, metadata={"help": key["help"]})
 
 
-def _check_values(config: TrainConfig) -> None:
-    """Catches, naming the key, what the core would reject without naming it: a word outside
-    its choices, a negative count (the config may be built directly, without :func:`build`)."""
-    for key, choices in CHOICES.items():
-        value = getattr(config, key)
-        if value not in choices:
-            raise ConfigError(f"config `{key}` must be one of {', '.join(choices)}, got {value!r}")
-    for key, t in _field_types().items():
-        value = getattr(config, key)
-        if t in (int, Optional[int]) and isinstance(value, int) and not isinstance(value, bool) and value < 0:
-            raise ConfigError(f"config `{key}` must be >= 0, got {value!r}")
+def _flatten(nested: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in nested.items() if not isinstance(v, dict)}
+    for key in KEYS:
+        if key["section"]:
+            out[key["name"]] = nested[key["section"]][key["name"]]
+    return out
 
 
-def _field_types() -> dict[str, Any]:
-    return get_type_hints(TrainConfig)
+def _init(self: Any, **values: Any) -> None:
+    """Checks ``values`` with the core (types, ranges, unknown keys, combinations) and stores
+    them normalised (paths as strings, a single path as a list of one)."""
+    checked = _flatten(_grufinity.check_config(values))
+    for key in KEYS:
+        object.__setattr__(self, key["name"], checked[key["name"]])
 
 
-def coerce(key: str, value: Any) -> Any:
-    """Checks ``value`` against the type of ``key``; ints are accepted where floats are wanted."""
-    types = _field_types()
-    if key not in types:
-        known = ", ".join(sorted(types))
-        raise ConfigError(f"unknown config key `{key}` (known keys: {known})")
-    t = types[key]
-    optional = get_origin(t) is Union and type(None) in get_args(t)
-    if optional:
-        if value is None:
-            return None
-        t = next(a for a in get_args(t) if a is not type(None))
-    if get_origin(t) is list:
-        if isinstance(value, str):
-            value = [value]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"config `{key}` must be a list of strings, got {value!r}")
-        return value
-    if t is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if t is str and key == "params" and isinstance(value, int):
-        return str(value)
-    if not isinstance(value, t) or (t is int and isinstance(value, bool)):
-        raise ConfigError(f"config `{key}` must be {t.__name__}, got {type(value).__name__} {value!r}")
-    if t is int and value < 0:  # every integer setting is a count, a size or a seed
-        raise ConfigError(f"config `{key}` must be >= 0, got {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise ConfigError(f"config `{key}` must be one of {', '.join(CHOICES[key])}, got {value!r}")
-    return value
+def _values(self: Any) -> dict[str, Any]:
+    """The settings as a dict of keys."""
+    return {key["name"]: getattr(self, key["name"]) for key in KEYS}
 
 
-def load_toml(path: str) -> dict[str, Any]:
-    """Reads a TOML config; every key must be a known one with the right type."""
+def _changed(self: Any) -> dict[str, Any]:
+    """The settings that differ from the defaults."""
+    return {k: v for k, v in _values(self).items() if v != _DEFAULTS[k]}
+
+
+_DEFAULTS = {key["name"]: key["default"] for key in KEYS}
+
+_DOC = """Every knob of a training run, as keywords (``TrainConfig(data=["input.txt"], dim=256)``).
+
+The same keys are the flags of ``grufinity train`` (dashes for underscores) and the keys of a
+TOML config file; ``grufinity train --help`` documents each with its default. Values are
+checked when the config is made: a wrong one raises ConfigError naming the key.
+"""
+
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig",
+    [(key["name"], annotation(key), _field(key)) for key in KEYS],
+    init=False,
+    namespace={"__init__": _init, "values": _values, "changed": _changed, "__doc__": _DOC},
+)
+TrainConfig.__module__ = __name__
+
+
+def defaults() -> dict[str, Any]:
+    """Every key's default."""
+    return dict(_DEFAULTS)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """The keys of a TOML config file (flat ``key = value`` lines); checked when the config is
+    built."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        return tomllib.loads(p.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return {k: coerce(k, v) for k, v in raw.items()}
 
 
-def build(overrides: dict[str, Any], config_file: Optional[str] = None) -> TrainConfig:
-    """Defaults, then the TOML file, then ``overrides`` (CLI flags): later wins."""
+def build(overrides: dict[str, Any], config_file: Optional[str | Path] = None) -> Any:
+    """A :class:`TrainConfig` from the defaults, then the TOML file, then ``overrides`` (CLI
+    flags): later wins. An error in the file names the file."""
     values: dict[str, Any] = {}
     if config_file:
         values.update(load_toml(config_file))
-    values.update({k: coerce(k, v) for k, v in overrides.items()})
+        try:
+            TrainConfig(**values)
+        except ConfigError as e:
+            raise ConfigError(f"config file {config_file}: {e}") from None
+    values.update(overrides)
     return TrainConfig(**values)
+
+
+def check_sampling(values: dict[str, Any]) -> dict[str, Any]:
+    """Sampling keywords checked by the core (ConfigError naming a bad one), completed with the
+    defaults."""
+    return _grufinity.check_sampling(values)

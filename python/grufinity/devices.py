@@ -3,7 +3,8 @@
 A GPU driver that cannot run GRUfinity's kernels may crash the process instead of reporting an
 error (seen: Mesa 22's lavapipe segfaults compiling a compute pipeline). So before a GPU backend
 is used, its self-check runs once in a child process; only a device that passed there is used
-in this one, and a crash becomes a reason like any other.
+in this one, and a crash becomes a reason like any other. What a request means, and which GPUs
+``auto`` tries, is the core's to say.
 """
 
 from __future__ import annotations
@@ -13,11 +14,8 @@ import signal
 import subprocess
 import sys
 
-from .errors import ConfigError, DeviceError
-
-#: GPU devices `auto` tries, in order, before the CPU: the first discrete GPU (a software Vulkan
-#: device is slower than the CPU backend, so it is used only when asked for).
-AUTO_ORDER = ("vulkan:0",)
+from . import _grufinity
+from .errors import DeviceError
 
 _PROBE = "import sys, grufinity._grufinity as g; print(g.select_device(sys.argv[1])[1])"
 
@@ -46,23 +44,20 @@ def probe(request: str, timeout: float = 120.0) -> tuple[bool, str]:
 
 
 def resolve(request: str) -> tuple[str, list[tuple[str, str]]]:
-    """The device to hand to the core for ``request``, and the backends ``auto`` skipped with
-    why. An explicit GPU request that fails its self-check raises DeviceError."""
-    req = request.strip().lower()
-    kind = req.split(":", 1)[0]
-    if req == "auto":
+    """The device to hand to the core for ``request``, and the GPUs ``auto`` skipped with why.
+    An explicit GPU request that fails its self-check raises DeviceError; a malformed request
+    raises ConfigError."""
+    if request.strip().lower() == "auto":
         skipped = []
-        for candidate in AUTO_ORDER:
+        for candidate in _grufinity.auto_devices():
             ok, why = probe(candidate)
             if ok:
                 return candidate, skipped
             skipped.append((candidate, why))
         return "cpu", skipped
-    if kind in ("vulkan", "wgpu"):
-        ok, why = probe(req)
+    name, gpu = _grufinity.parse_device(request)
+    if gpu:
+        ok, why = probe(name)
         if not ok:
             raise DeviceError(f"device `{request}` is not available: {why}")
-        return req, []
-    if kind in ("cpu", "flex", "cuda", "gpu"):
-        return req, []  # the core answers these itself, without risk
-    raise ConfigError(f"invalid config `device`: unknown device `{request}` (choose: auto, cpu, cuda[:N], vulkan[:N])")
+    return name, []

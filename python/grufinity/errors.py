@@ -30,6 +30,10 @@ class TrainingDivergedError(GrufinityError, ArithmeticError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
+class RunBusyError(GrufinityError, RuntimeError):
+    """Another process is writing the run (the message names it)."""
+
+
 class GrufinityIOError(GrufinityError, OSError):
     """Reading or writing a file failed (disk full, permissions...)."""
 
@@ -42,5 +46,6 @@ __all__ = [
     "CheckpointError",
     "DeviceError",
     "TrainingDivergedError",
+    "RunBusyError",
     "GrufinityIOError",
 ]

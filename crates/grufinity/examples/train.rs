@@ -19,7 +19,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(d) = args.get(3) {
         config.model.depth = d.parse()?;
     }
-    let outcome = train(config, None, &mut |event| {
+    let outcome = train(config, &mut |event| {
         match event {
             Event::Step { step, loss, tokens_per_sec, .. } => println!("step {step:5}  loss {loss:.4}  {tokens_per_sec:.0} tok/s"),
             Event::Eval { step, val_loss, val_bpb, .. } => println!("eval {step:5}  val loss {val_loss:.4}  ({val_bpb:.3} bits/byte)"),

@@ -89,6 +89,23 @@ impl Request {
     }
 }
 
+/// What `request` names, without initialising anything: its canonical name and whether it is
+/// a GPU backend (whose self-check may crash the process on a broken driver, so callers that
+/// can should run [`select`] for it in a child process first).
+pub fn describe(request: &str) -> Result<(String, bool)> {
+    let req = parse(request)?;
+    let gpu = matches!(req, Request::Vulkan(_) | Request::Wgpu);
+    Ok((req.name(), gpu))
+}
+
+/// The GPU devices `auto` tries, in order, before the CPU: the first discrete GPU (a software
+/// Vulkan device is slower than the CPU backend, so it is used only when asked for).
+pub fn auto_candidates() -> Vec<String> {
+    AUTO_ORDER.iter().map(Request::name).collect()
+}
+
+const AUTO_ORDER: [Request; 1] = [Request::Vulkan(Some(0))];
+
 /// Serialises probes: they swap the process-wide panic hook.
 static PROBE: Mutex<()> = Mutex::new(());
 
@@ -189,7 +206,7 @@ pub fn select(request: &str) -> Result<Selected> {
             let mut skipped = vec![];
             // Only a hardware GPU is worth leaving the CPU backend for: software Vulkan
             // (lavapipe) is slower than it, and some versions crash on Burn's shaders.
-            for candidate in [Request::Vulkan(Some(0))] {
+            for candidate in AUTO_ORDER {
                 match probe(&candidate) {
                     Ok(device) => {
                         let name = candidate.name();

@@ -29,6 +29,14 @@ pub enum Error {
     #[error("loss became {value} at step {step}; the last good checkpoint was kept. Lower --lr or raise --warmup")]
     NonFinite { step: u64, value: f32 },
 
+    /// Another process holds what this one needs (a run being written).
+    #[error("{0}")]
+    Busy(String),
+
+    /// The caller asked to stop (Ctrl-C) before there was anything to keep.
+    #[error("interrupted {0}")]
+    Interrupted(String),
+
     /// An operating-system I/O error, with the path it concerned.
     #[error("{}: {source}", path.display())]
     Io {

@@ -1,12 +1,14 @@
 //! GRUfinity: minGRU language models on Burn.
 //!
-//! - [`model`]: the minGRU scan, layer, block and language model.
-//! - [`alloc`]: allocator settings for step-after-step reuse of large buffers.
-//! - [`data`]: tokenizers, corpora, the TBPTT stream batcher.
-//! - [`train`]: the trainer, optimiser, checkpoints.
+//! - [`schema`]: the one declaration of every setting (types, defaults, ranges, help).
+//! - [`model`]: the minGRU scan, layer, block and language model, its state.
+//! - [`data`]: tokenizers, corpora, token stores, the TBPTT stream batcher.
+//! - [`train`]: the trainer, optimiser, checkpoints, resuming.
 //! - [`generate`]: stateful decoding and sampling.
+//! - [`inference`]: a trained model loaded for forward passes, generation, evaluation.
+//! - [`run`]: the layout of a run directory; [`files`]: atomic writes, safetensors, locks.
 //! - [`device`]: backend selection.
-//! - [`load`]: a trained model back from a run or checkpoint.
+//! - [`alloc`], [`denormals`]: process settings that keep the CPU fast.
 //! - [`rng`]: seedable random numbers independent of Burn's process-wide generator.
 
 pub mod alloc;
@@ -14,10 +16,14 @@ pub mod data;
 pub mod denormals;
 pub mod device;
 pub mod error;
+pub mod files;
 pub mod generate;
-pub mod load;
+pub mod inference;
 pub mod model;
 pub mod rng;
+pub mod run;
+pub mod schema;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use inference::Loaded;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Tensor, TensorData};
 use common::{cpu, to_vec};
 use grufinity::data::batcher::{split_point, StreamBatcher};
-use grufinity::train::checkpoint::write_dir_atomically;
+use grufinity::files::write_dir_atomically;
 use grufinity::model::{MinGruLm, ModelConfig};
 use grufinity::train::optim::{clip_global_norm, decays, AdamW, AdamWConfig, GradMap, Schedule};
 use grufinity::train::params::named_params;

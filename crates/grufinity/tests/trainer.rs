@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use common::{cpu, max_abs_diff, to_vec, Rng};
 use grufinity::model::{MinGruLm, ModelConfig, State};
-use grufinity::train::checkpoint::load_tensors;
+use grufinity::files::tensors;
 use grufinity::train::config::OnNan;
 use grufinity::train::eval::token_tensor;
 use grufinity::train::optim::{accumulate_grads, GradMap, Plateau, Schedule};
@@ -199,9 +199,10 @@ impl Drop for Sandbox {
 }
 
 /// Trains, collecting every event as JSON.
-fn run(cfg: TrainConfig, resume: Option<&Path>) -> (grufinity::Result<grufinity::train::Outcome>, Vec<serde_json::Value>) {
+fn run(mut cfg: TrainConfig, resume: Option<&Path>) -> (grufinity::Result<grufinity::train::Outcome>, Vec<serde_json::Value>) {
     let mut events = Vec::new();
-    let out = train(cfg, resume, &mut |e: &Event| {
+    cfg.resume = resume.map(|p| p.display().to_string());
+    let out = train(cfg, &mut |e: &Event| {
         events.push(serde_json::to_value(e).unwrap());
         true
     });
@@ -217,8 +218,8 @@ fn trainer_json(ckpt: &Path) -> serde_json::Value {
 }
 
 fn weights(ckpt: &Path) -> Vec<(String, Vec<f32>)> {
-    let (tensors, _) = load_tensors(&ckpt.join("model.safetensors")).unwrap();
-    tensors.into_iter().map(|(k, t)| (k, t.values)).collect()
+    let (named, _) = tensors::read(&ckpt.join("model.safetensors")).unwrap();
+    named.into_iter().map(|(k, t)| (k.clone(), t.f32_values(&k).unwrap().to_vec())).collect()
 }
 
 fn assert_finite_checkpoint(ckpt: &Path) {
@@ -342,7 +343,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
     let cfg = TrainConfig { save_every: 1, max_steps: Some(4), ..sb.config("f") };
     let ckpts = sb.run("f").join("checkpoints");
     let mut first: Option<Vec<(PathBuf, Vec<u8>)>> = None;
-    let out = train(cfg, None, &mut |e: &Event| {
+    let out = train(cfg, &mut |e: &Event| {
         if let Event::Saved { step: 1, path } = e {
             first = Some(
                 std::fs::read_dir(path).unwrap().map(|f| f.unwrap().path()).map(|p| (p.clone(), std::fs::read(p).unwrap())).collect(),

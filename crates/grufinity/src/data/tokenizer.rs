@@ -216,8 +216,8 @@ impl Tokenizer {
             return Err(Error::NotFound(path.to_path_buf()));
         }
         if path.is_dir() {
-            let ckpt = crate::train::checkpoint::resolve_checkpoint(path, "best")?;
-            return Ok(crate::train::trainer::read_trainer_state(&ckpt)?.tokenizer);
+            let ckpt = crate::run::resolve(path, "best")?;
+            return Self::from_file(&ckpt.join(crate::run::TOKENIZER_FILE));
         }
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let bad = |m: String| Error::config("tokenizer", format!("{} is not a usable tokenizer.json: {m}", path.display()));

@@ -80,6 +80,17 @@ impl Block {
 
     /// `x`: `[B, T, D]` with this layer's carried state → (`[B, T, D]`, next state).
     pub fn forward(&self, x: Tensor<3>, state: LayerState) -> (Tensor<3>, LayerState) {
+        self.forward_observed(x, state, None)
+    }
+
+    /// [`forward`](Self::forward), also pushing the minGRU's update gate `z`: `[B, T, E]` onto
+    /// `gates` when given (for looking inside the model; it costs one more projection).
+    pub fn forward_observed(
+        &self,
+        x: Tensor<3>,
+        state: LayerState,
+        gates: Option<&mut Vec<Tensor<3>>>,
+    ) -> (Tensor<3>, LayerState) {
         let mut h = rms_norm(&self.norm_mix, x.clone());
         let conv = match (&self.conv, state.conv) {
             (Some(conv), Some(cache)) => {
@@ -89,6 +100,9 @@ impl Block {
             }
             _ => None,
         };
+        if let Some(gates) = gates {
+            gates.push(self.mingru.update_gate(h.clone()));
+        }
         let (mixed, log_h) = self.mingru.forward(h, state.log_h);
         let x = x + self.dropout.forward(mixed);
         let x = x.clone() + self.dropout.forward(self.ff.forward(rms_norm(&self.norm_ff, x)));

@@ -1,57 +1,40 @@
 //! Model configuration: every architectural knob, validation, parameter counting and sizing by
 //! a parameter budget.
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::{Error, Result};
+use crate::schema::{Bounds, Schema};
 
-/// Feed-forward variant of each block.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FeedForwardKind {
-    /// `Linear(d, m d) -> GELU -> Linear(m d, d)`.
-    Gelu,
-    /// `Linear(d, 2h) -> SiLU(a) * b -> Linear(h, d)` with `h = round(2/3 m d)` (same size as GELU).
-    Swiglu,
+crate::choice_enum! {
+    /// Feed-forward variant of each block.
+    pub enum FeedForwardKind {
+        /// `Linear(d, m d) -> GELU -> Linear(m d, d)`.
+        Gelu = "gelu",
+        /// `Linear(d, 2h) -> SiLU(a) * b -> Linear(h, d)` with `h = round(2/3 m d)` (same size as GELU).
+        Swiglu = "swiglu",
+    }
 }
 
-/// Architecture of a minGRU language model.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ModelConfig {
-    /// Vocabulary size (256 for byte tokens).
-    pub vocab_size: usize,
-    /// Model width `d`.
-    pub dim: usize,
-    /// Number of blocks.
-    pub depth: usize,
-    /// minGRU inner width as a multiple of `dim`.
-    pub expansion: f64,
-    /// Feed-forward hidden width as a multiple of `dim`.
-    pub ff_mult: f64,
-    /// Feed-forward variant.
-    pub ff_kind: FeedForwardKind,
-    /// Taps of the causal depthwise conv before each minGRU; 0 turns it off.
-    pub conv_kernel: usize,
-    /// Share the embedding matrix with the output head.
-    pub tie_embeddings: bool,
-    /// Dropout probability after the minGRU and the feed-forward of each block.
-    pub dropout: f64,
-}
-
-impl Default for ModelConfig {
-    fn default() -> Self {
-        Self {
-            vocab_size: 256,
-            dim: 256,
-            depth: 4,
-            expansion: 1.5,
-            ff_mult: 4.0,
-            ff_kind: FeedForwardKind::Gelu,
-            conv_kernel: 0,
-            tie_embeddings: false,
-            dropout: 0.0,
-        }
+crate::settings! {
+    /// Architecture of a minGRU language model.
+    pub struct ModelConfig {
+        /// Vocabulary size (set from the tokenizer: 256 for byte tokens).
+        vocab_size: usize = 256; Bounds::DERIVED,
+        /// Model width.
+        dim: usize = 128; Bounds::at_least(1.0),
+        /// Number of minGRU blocks.
+        depth: usize = 3; Bounds::at_least(1.0),
+        /// minGRU inner width / dim.
+        expansion: f64 = 1.5; Bounds::above(0.0),
+        /// Feed-forward width / dim.
+        ff_mult: f64 = 4.0; Bounds::above(0.0),
+        /// Feed-forward variant.
+        ff_kind: FeedForwardKind = FeedForwardKind::Gelu; Bounds::ANY,
+        /// Causal depthwise conv taps before each minGRU, 0 = off.
+        conv_kernel: usize = 0; Bounds::ANY,
+        /// Share the embedding matrix with the output head.
+        tie_embeddings: bool = false; Bounds::ANY,
+        /// Dropout probability after the minGRU and the feed-forward of each block.
+        dropout: f64 = 0.0; Bounds::range(0.0, true, 1.0, false),
     }
 }
 
@@ -70,28 +53,20 @@ impl ModelConfig {
         }
     }
 
-    /// Rejects impossible combinations, naming the field.
+    /// Rejects impossible values and combinations, naming the field.
     pub fn validate(&self) -> Result<()> {
+        self.check()?;
         if self.vocab_size < 2 {
             return Err(Error::config("vocab_size", "must be at least 2"));
         }
-        if self.dim == 0 {
-            return Err(Error::config("dim", "must be at least 1"));
+        if self.inner() == 0 {
+            return Err(Error::config("expansion", "must give an inner width of at least 1"));
         }
-        if self.depth == 0 {
-            return Err(Error::config("depth", "must be at least 1"));
-        }
-        if !(self.expansion.is_finite() && self.expansion > 0.0) || self.inner() == 0 {
-            return Err(Error::config("expansion", "must be positive and give an inner width of at least 1"));
-        }
-        if !(self.ff_mult.is_finite() && self.ff_mult > 0.0) || self.ff_hidden() == 0 {
-            return Err(Error::config("ff_mult", "must be positive and give a hidden width of at least 1"));
+        if self.ff_hidden() == 0 {
+            return Err(Error::config("ff_mult", "must give a hidden width of at least 1"));
         }
         if self.conv_kernel == 1 {
             return Err(Error::config("conv_kernel", "must be 0 (off) or at least 2"));
-        }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(Error::config("dropout", "must be in [0, 1)"));
         }
         Ok(())
     }

@@ -16,7 +16,6 @@ use burn::module::Param;
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
 use super::fused::{erf, g, sigmoid, vectorised};
 use super::gemv::Weight;
@@ -24,25 +23,20 @@ use super::lm::MinGruLm;
 use super::scan::LOG_ZERO;
 use super::state::{LayerState, State};
 
-/// Element type of the weight matrices when decoding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WeightDtype {
-    /// As trained.
-    #[default]
-    F32,
-    /// Rounded to bfloat16 (8 significant bits): half the memory traffic per decoded token.
-    Bf16,
+crate::choice_enum! {
+    /// The element type of the weight matrices at inference.
+    pub enum WeightDtype {
+        /// As trained.
+        F32 = "f32",
+        /// Rounded to bfloat16 (8 significant bits): half the memory traffic per decoded token.
+        Bf16 = "bf16",
+    }
 }
 
 impl std::str::FromStr for WeightDtype {
     type Err = crate::error::Error;
     fn from_str(s: &str) -> crate::error::Result<Self> {
-        match s {
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            _ => Err(crate::error::Error::config("dtype", format!("expected f32 or bf16, got {s:?}"))),
-        }
+        Self::parse_word(s, "dtype")
     }
 }
 

@@ -46,10 +46,21 @@ impl MinGruLm {
     /// `tokens`: `[B, T]` with the state carried from the previous chunk →
     /// (`logits`: `[B, T, V]`, the state after the last token).
     pub fn forward(&self, tokens: Tensor<2, Int>, state: State) -> (Tensor<3>, State) {
+        self.forward_observed(tokens, state, None)
+    }
+
+    /// [`forward`](Self::forward), also collecting each block's update gate `z`
+    /// (`[B, T, E]`, one per block, in order) into `gates` when given.
+    pub fn forward_observed(
+        &self,
+        tokens: Tensor<2, Int>,
+        state: State,
+        mut gates: Option<&mut Vec<Tensor<3>>>,
+    ) -> (Tensor<3>, State) {
         let mut x = self.embedding.forward(tokens);
         let mut layers = Vec::with_capacity(self.blocks.len());
         for (block, layer_state) in self.blocks.iter().zip(state.layers) {
-            let (y, s) = block.forward(x, layer_state);
+            let (y, s) = block.forward_observed(x, layer_state, gates.as_deref_mut());
             x = y;
             layers.push(s);
         }

@@ -34,6 +34,13 @@ impl MinGru {
     }
 
 
+    /// The update gate `z = sigmoid(k_z)`: `[B, T, D]` → `[B, T, E]`. `z` near 1 overwrites the
+    /// state with the new candidate, near 0 keeps the memory.
+    pub fn update_gate(&self, x: Tensor<3>) -> Tensor<3> {
+        let e = self.inner();
+        burn::tensor::activation::sigmoid(dense::linear(&self.to_hz, x).narrow(2, e, e))
+    }
+
     fn project_out(&self, h: Tensor<3>) -> Tensor<3> {
         match &self.to_out {
             Some(out) => dense::linear(out, h),

@@ -1,10 +1,14 @@
-//! The recurrent state carried between chunks (TBPTT) and between generated tokens.
+//! The recurrent state carried between chunks (TBPTT) and between generated tokens, and its
+//! one serialised form (named host tensors), used by checkpoints and saved generations alike.
 
-use burn::tensor::{Bool, Device, Tensor};
+use std::collections::BTreeMap;
+
+use burn::tensor::{Bool, Device, Tensor, TensorData};
 
 use super::config::ModelConfig;
 use super::scan::LOG_ZERO;
 use crate::error::{Error, Result};
+use crate::files::HostTensor;
 
 /// State of one block.
 #[derive(Clone, Debug)]
@@ -145,5 +149,50 @@ impl State {
             &device,
         );
         self.map(|t| t.select(0, idx.clone()))
+    }
+
+    /// The state as named host tensors: `layers.{i}.log_h` (`[B, 1, E]`) and, with the conv,
+    /// `layers.{i}.conv` (`[B, K-1, D]`).
+    pub fn to_host(&self) -> BTreeMap<String, HostTensor> {
+        let mut out = BTreeMap::new();
+        for (i, l) in self.layers.iter().enumerate() {
+            out.insert(format!("layers.{i}.log_h"), HostTensor::from_tensor(l.log_h.clone(), l.log_h.dims().to_vec()));
+            if let Some(c) = &l.conv {
+                out.insert(format!("layers.{i}.conv"), HostTensor::from_tensor(c.clone(), c.dims().to_vec()));
+            }
+        }
+        out
+    }
+
+    /// Takes the tensors of [`to_host`](Self::to_host) out of `named` onto `device`, checking
+    /// every shape against `config` and `batch` rows (`None`: as many as the first tensor has).
+    /// Errors say which tensor is missing or of the wrong shape.
+    pub fn from_host(
+        named: &mut BTreeMap<String, HostTensor>,
+        config: &ModelConfig,
+        batch: Option<usize>,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rows = batch;
+        let mut take = |name: String, tail: [usize; 2]| -> Result<Tensor<3>> {
+            let t = named.remove(&name).ok_or_else(|| Error::Data(format!("carried state `{name}` is missing")))?;
+            let b = *rows.get_or_insert(t.shape.first().copied().unwrap_or(0));
+            let expected = vec![b, tail[0], tail[1]];
+            if t.shape != expected || b == 0 {
+                return Err(Error::Data(format!("carried state `{name}` has shape {:?}, expected {expected:?}", t.shape)));
+            }
+            let values = t.f32_values(&name)?.to_vec();
+            Ok(Tensor::<3>::from_data(TensorData::new(values, [expected[0], expected[1], expected[2]]), device))
+        };
+        let mut layers = Vec::with_capacity(config.depth);
+        for i in 0..config.depth {
+            let log_h = take(format!("layers.{i}.log_h"), [1, config.inner()])?;
+            let conv = match config.conv_kernel {
+                0 => None,
+                k => Some(take(format!("layers.{i}.conv"), [k - 1, config.dim])?),
+            };
+            layers.push(LayerState { log_h, conv });
+        }
+        Ok(Self { layers })
     }
 }

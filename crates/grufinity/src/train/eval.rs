@@ -36,6 +36,9 @@ pub fn token_tensor(tokens: &[u32], rows: usize, t: usize, device: &Device) -> T
 /// the initial state, carried across chunks of `chunk` tokens). `cap` (0 = none) limits the
 /// tokens predicted. `reset_every` (0 = never) resets the state every that many tokens, to show
 /// what the carried context buys. `model` must be without autodiff (`model.valid()`).
+/// `progress(done, total)` (tokens predicted) is asked before each chunk whether to go on;
+/// `None` when it said stop.
+#[allow(clippy::too_many_arguments)]
 pub fn evaluate(
     model: &MinGruLm,
     config: &ModelConfig,
@@ -45,7 +48,8 @@ pub fn evaluate(
     cap: usize,
     reset_every: usize,
     device: &Device,
-) -> (f64, usize) {
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Option<(f64, usize)> {
     let (starts, region) = eval_regions(tokens.len(), rows);
     let rows = starts.len();
     let mut per_row = region - 1;
@@ -56,6 +60,9 @@ pub fn evaluate(
     let (mut total, mut count) = (0.0f64, 0usize);
     let mut pos = 0;
     while pos < per_row {
+        if !progress(pos * rows, per_row * rows) {
+            return None;
+        }
         let mut t = chunk.min(per_row - pos);
         if reset_every > 0 {
             if pos % reset_every == 0 && pos > 0 {
@@ -76,5 +83,5 @@ pub fn evaluate(
         count += rows * t;
         pos += t;
     }
-    (total / count.max(1) as f64, count)
+    Some((total / count.max(1) as f64, count))
 }

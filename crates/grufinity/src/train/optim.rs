@@ -179,16 +179,16 @@ impl AdamW {
     }
 }
 
-/// Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
-/// `min_lr_ratio * lr` at `total` steps, or `plateau`: constant, multiplied down by
-/// [`Plateau`] when the validation loss stops improving.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Schedule {
-    Constant,
-    Linear,
-    Cosine,
-    Plateau,
+crate::choice_enum! {
+    /// Learning-rate schedule: linear warmup, then constant, linear or cosine decay to
+    /// `min_lr_ratio * lr` at `total` steps, or `plateau`: constant, multiplied down by
+    /// [`Plateau`] when the validation loss stops improving.
+    pub enum Schedule {
+        Constant = "constant",
+        Linear = "linear",
+        Cosine = "cosine",
+        Plateau = "plateau",
+    }
 }
 
 impl Schedule {

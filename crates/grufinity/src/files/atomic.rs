@@ -1,0 +1,156 @@
+//! Atomic writes: everything is written under a temporary name that carries the writer's
+//! process id and renamed into place once complete, so a crash or a full disk never leaves a
+//! file or directory that looks valid. Temporaries of processes that died are removed by
+//! [`remove_stale_temporaries`].
+
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Prefix of every temporary name: `.tmp-<what>-<pid>`.
+const TEMP_PREFIX: &str = ".tmp-";
+
+/// The temporary sibling name of `path` for this process: `.tmp-<file name>-<pid>`.
+pub fn temp_name(path: &Path) -> PathBuf {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    path.with_file_name(format!("{TEMP_PREFIX}{name}-{}", std::process::id()))
+}
+
+/// Writes `contents` to `path` atomically.
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = temp_name(path);
+    let written = std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e));
+    let renamed = written.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
+    if renamed.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    renamed
+}
+
+/// Builds a directory at `dir` atomically: `fill` writes into a temporary sibling, which is
+/// then renamed to `dir` (replacing an older `dir` only once the new one is complete).
+pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let parent = dir.parent().ok_or_else(|| Error::checkpoint(dir, "has no parent directory"))?;
+    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    let tmp = temp_name(dir);
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    if let Err(e) = fill(&tmp) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let old = parent.join(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()));
+    let replaced = dir.exists();
+    if replaced {
+        std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    }
+    if let Err(e) = std::fs::rename(&tmp, dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        if replaced {
+            let _ = std::fs::rename(&old, dir);
+        }
+        return Err(Error::io(dir, e));
+    }
+    if replaced {
+        let _ = std::fs::remove_dir_all(&old);
+    }
+    Ok(())
+}
+
+/// Points the link `name` (e.g. `last`, `best`) inside `dir` at `target` (a sibling's name),
+/// atomically.
+pub fn point_link(dir: &Path, name: &str, target: &str) -> Result<()> {
+    let link = dir.join(name);
+    let tmp = temp_name(&link);
+    let _ = std::fs::remove_file(&tmp);
+    #[cfg(unix)]
+    std::os::unix::fs::symlink(target, &tmp).map_err(|e| Error::io(&tmp, e))?;
+    #[cfg(not(unix))]
+    std::fs::write(&tmp, target).map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, &link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(&link, e)
+    })
+}
+
+/// Whether process `pid` is alive on this machine.
+pub fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else { return false };
+        // Signal 0 checks existence; EPERM means it exists but belongs to someone else.
+        let rc = unsafe { libc::kill(pid, 0) };
+        rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        true
+    }
+}
+
+/// Removes the temporaries (`.tmp-*-<pid>`) in `dir` left by processes that are gone (a
+/// `kill -9` mid-write); those of live processes are left alone. Returns the bytes freed.
+pub fn remove_stale_temporaries(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut freed = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let Some(rest) = name.strip_prefix(TEMP_PREFIX) else { continue };
+        let Some(pid) = rest.rsplit('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let size = tree_size(&path);
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if removed.is_ok() {
+            freed += size;
+        }
+    }
+    freed
+}
+
+/// Bytes of the regular files below `path` (or of `path` itself).
+fn tree_size(path: &Path) -> u64 {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => std::fs::read_dir(path)
+            .map(|entries| entries.filter_map(|e| e.ok()).map(|e| tree_size(&e.path())).sum())
+            .unwrap_or(0),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temporaries_of_dead_processes_go_live_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("grufinity-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // A pid that cannot exist (above Linux's pid_max) stands for a dead process.
+        let dead = dir.join(".tmp-step-3-4294967");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(dead.join("model.safetensors"), vec![0u8; 1000]).unwrap();
+        let live = temp_name(&dir.join("step-4"));
+        std::fs::create_dir(&live).unwrap();
+        std::fs::write(dir.join("keep.txt"), b"x").unwrap();
+        assert_eq!(remove_stale_temporaries(&dir), 1000);
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert!(dir.join("keep.txt").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
