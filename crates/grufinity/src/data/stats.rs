@@ -8,7 +8,8 @@ use serde::Serialize;
 
 use super::batcher::TokenSource;
 use super::tokenizer::Cut;
-use super::store::{prepare, DataOptions, OnData, StoreHeader};
+use super::prepare::{prepare, DataOptions, OnData};
+use super::store::StoreHeader;
 use crate::error::Result;
 
 /// Statistics of a corpus under a tokenizer.

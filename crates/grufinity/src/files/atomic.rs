@@ -4,27 +4,59 @@
 //! [`remove_stale_temporaries`].
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::{Error, Result};
 
-/// Prefix of every temporary name: `.tmp-<what>-<pid>`.
+/// Prefix of every temporary name: `.tmp-<what>[-<n>]-<pid>` (the writer's process id last, so
+/// that [`remove_stale_temporaries`] can tell whose it is).
 const TEMP_PREFIX: &str = ".tmp-";
 
-/// The temporary sibling name of `path` for this process: `.tmp-<file name>-<pid>`.
+/// The temporary sibling name of `path` for this process: `.tmp-<file name>-<pid>`. For what
+/// one thread of a process writes at a time (a run's checkpoints, under its lock).
 pub fn temp_name(path: &Path) -> PathBuf {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     path.with_file_name(format!("{TEMP_PREFIX}{name}-{}", std::process::id()))
 }
 
-/// Writes `contents` to `path` atomically.
-pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let tmp = temp_name(path);
-    let written = std::fs::write(&tmp, contents).map_err(|e| Error::io(&tmp, e));
-    let renamed = written.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e)));
-    if renamed.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+/// A temporary file beside its destination, unique to this process and call, removed on drop
+/// unless [`keep`](Self::keep) renames it into place.
+pub struct TempFile {
+    pub path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    /// A temporary for `dest` (not created yet): `.tmp-<name>-<n>-<pid>`.
+    pub fn for_path(dest: &Path) -> Self {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+        let path = dest.with_file_name(format!("{TEMP_PREFIX}{name}-{n}-{}", std::process::id()));
+        Self { path, armed: true }
     }
-    renamed
+
+    /// Renames the temporary to `dest`.
+    pub fn keep(mut self, dest: &Path) -> Result<()> {
+        std::fs::rename(&self.path, dest).map_err(|e| Error::io(dest, e))?;
+        self.armed = false;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically (safe from several threads at once).
+pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+    let tmp = TempFile::for_path(path);
+    std::fs::write(&tmp.path, contents).map_err(|e| Error::io(&tmp.path, e))?;
+    tmp.keep(path)
 }
 
 /// Builds a directory at `dir` atomically: `fill` writes into a temporary sibling, which is

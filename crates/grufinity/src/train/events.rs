@@ -13,7 +13,7 @@ use crate::data::DataEvent;
 #[serde(tag = "event", rename_all = "lowercase")]
 pub enum Event {
     /// Data preparation (tokenizer, cache, encoding progress) of a large corpus (see
-    /// [`crate::data::store::LARGE_INPUT`]), before `Start`; for a small one its messages
+    /// [`crate::data::LARGE_INPUT`]), before `Start`; for a small one its messages
     /// are only in `Start::data_log`.
     Data(DataEvent),
     Start {

@@ -86,7 +86,7 @@ fn build(
         if e.done == 0 {
             data_log.push(e.message.clone());
         }
-        let go = e.total < crate::data::store::LARGE_INPUT || on_event(&Event::Data(e.clone()));
+        let go = e.total < crate::data::LARGE_INPUT || on_event(&Event::Data(e.clone()));
         stopped |= !go;
         go
     });
