@@ -29,6 +29,14 @@ KEYS: list[dict[str, Any]] = _grufinity.config_schema("train")
 #: Every sampling key (``Model.generate`` keywords, ``generate`` / ``chat`` flags), likewise.
 SAMPLING_KEYS: list[dict[str, Any]] = _grufinity.config_schema("sampling")
 
+#: How a model is loaded (``load(dtype=...)``, ``--dtype``), likewise.
+LOAD_KEYS: list[dict[str, Any]] = _grufinity.config_schema("load")
+
+
+def key(name: str, keys: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """The key called ``name`` (a training key unless ``keys`` is given)."""
+    return next(k for k in (KEYS if keys is None else keys) if k["name"] == name)
+
 _TYPES: dict[str, Any] = {
     "int": int, "float": float, "bool": bool, "str": str, "path": str, "paths": list[str], "strs": list[str],
     "choice": str,

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from . import _grufinity, devices
-from .config import SAMPLING_KEYS
+from .config import SAMPLING_KEYS, key
 from .errors import ConfigError
 from .text import decode_pieces
 
@@ -241,12 +241,13 @@ class Model:
         text: str | bytes,
         *,
         rows: int = 1,
-        chunk_len: int = 256,
+        chunk_len: Optional[int] = None,
         reset_every: int = 0,
         progress: Optional[Callable[[int, int], Optional[bool]]] = None,
     ) -> dict[str, Any]:
-        """Loss on ``text`` with the state carried throughout: loss (nats/token), bits per byte,
-        perplexity, tokens. ``progress(done, total)`` is called as it goes; False stops."""
+        """Loss on ``text`` with the state carried throughout, in chunks of ``chunk_len`` tokens
+        (default: the run's): loss (nats/token), bits per byte, perplexity, tokens.
+        ``progress(done, total)`` is called as it goes; False stops."""
         return self._inner.evaluate(_bytes(text, "text"), rows, chunk_len, reset_every, _callback(progress, "progress"))
 
     def inspect(self, text: str | bytes) -> dict[str, Any]:
@@ -259,8 +260,9 @@ class Model:
 Model.generate_bytes.__doc__ = (Model.generate_bytes.__doc__ or "").replace("{sampling}", _SAMPLING_HELP.strip())
 
 
-def load(path: str | PathLike[str], device: str = "auto", dtype: str = "f32") -> Model:
-    """Loads a run directory (its best checkpoint, else its last) or a checkpoint directory.
+def load(path: str | PathLike[str], device: Optional[str] = None, dtype: Optional[str] = None) -> Model:
+    """Loads a run directory (its best checkpoint, else its last) or a checkpoint directory, on
+    ``device`` (default: the training setting's default, auto).
 
     ``dtype="bf16"`` rounds the weight matrices to bfloat16: on the CPU, decoding then reads half
     the bytes per token (faster once the model outgrows the CPU caches), at a small cost in loss
@@ -268,9 +270,11 @@ def load(path: str | PathLike[str], device: str = "auto", dtype: str = "f32") ->
     """
     if not isinstance(path, (str, PathLike)):
         raise ConfigError(f"invalid argument `path`: must be a path, got {type(path).__name__} {path!r}")
+    if device is None:
+        device = key("device")["default"]
     if not isinstance(device, str):
         raise ConfigError(f"invalid argument `device`: must be a string such as 'auto' or 'cpu', got {device!r}")
-    if not isinstance(dtype, str):
-        raise ConfigError(f"invalid argument `dtype`: must be 'f32' or 'bf16', got {dtype!r}")
+    if dtype is not None and not isinstance(dtype, str):
+        raise ConfigError(f"invalid argument `dtype`: must be a string, got {dtype!r}")
     resolved, _ = devices.resolve(device)
     return Model(_grufinity.Model.load(str(path), resolved, dtype))

@@ -54,11 +54,15 @@ impl ModelState {
 #[pymethods]
 impl Model {
     /// Loads a run directory (its best checkpoint, else its last) or a checkpoint directory.
-    /// `device` must already be resolved (`cpu`, `vulkan:0`...); `dtype` is f32 or bf16.
+    /// `device` must already be resolved (`cpu`, `vulkan:0`...); `dtype` is a weight dtype
+    /// (None: the default).
     #[staticmethod]
-    #[pyo3(signature = (path, device="cpu", dtype="f32"))]
-    fn load(py: Python<'_>, path: PathBuf, device: &str, dtype: &str) -> PyResult<Self> {
-        let dtype: WeightDtype = check(py, dtype.parse())?;
+    #[pyo3(signature = (path, device, dtype=None))]
+    fn load(py: Python<'_>, path: PathBuf, device: &str, dtype: Option<&str>) -> PyResult<Self> {
+        let dtype: WeightDtype = match dtype {
+            Some(d) => check(py, d.parse())?,
+            None => grufinity::inference::LoadConfig::default().dtype,
+        };
         let selected = check(py, py.detach(|| grufinity::device::select(device)))?;
         let inner = check(py, py.detach(|| Loaded::load(&path, &selected.device, dtype)))?;
         Ok(Self { inner })
@@ -207,14 +211,15 @@ impl Model {
 
     /// Loss of the model on `data` (bytes) with carried state: dict with loss (nats/token),
     /// bits_per_token, bits_per_byte, perplexity and tokens. `reset_every` > 0 resets the state
-    /// every that many tokens. `progress(done, total)` is called before each chunk.
-    #[pyo3(signature = (data, rows=1, chunk_len=256, reset_every=0, progress=None))]
+    /// every that many tokens; `chunk_len` None is the run's. `progress(done, total)` is called
+    /// before each chunk.
+    #[pyo3(signature = (data, rows=1, chunk_len=None, reset_every=0, progress=None))]
     fn evaluate(
         &self,
         py: Python<'_>,
         data: &[u8],
         rows: usize,
-        chunk_len: usize,
+        chunk_len: Option<usize>,
         reset_every: usize,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {

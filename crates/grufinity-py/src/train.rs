@@ -15,13 +15,14 @@ use grufinity::train::{Event, TrainConfig};
 use crate::convert::{raw_map, to_py};
 use crate::errors::{check, is_false, Bridge};
 
-/// The keys of `which` settings (`train` or `sampling`): name, section, kind, optional,
+/// The keys of `which` settings (`train`, `sampling` or `load`): name, section, kind, optional,
 /// default, choices, min / max (each `[value, inclusive]` or None) and help.
 #[pyfunction]
 pub fn config_schema(py: Python<'_>, which: &str) -> PyResult<Py<PyAny>> {
     let keys: Vec<Key> = match which {
         "train" => TrainConfig::user_keys(),
         "sampling" => SamplingConfig::user_keys(),
+        "load" => grufinity::inference::LoadConfig::user_keys(),
         other => return Err(pyo3::exceptions::PyValueError::new_err(format!("no settings called {other:?}"))),
     };
     to_py(py, &keys)

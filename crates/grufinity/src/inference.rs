@@ -14,11 +14,22 @@ use crate::generate::{run_batch, Decoder, DecoderState, Generation, SamplingConf
 use crate::model::host::{round_to_bf16, HostModel, WeightDtype};
 use crate::model::{fused, MinGruLm, ModelConfig, State};
 use crate::run::{resolve, RunDir};
+use crate::schema::Bounds;
 use crate::train::checkpoint::{load_module, read_tokenizer, read_trainer_state, TrainerState, MODEL_FILE};
 use crate::train::eval::{evaluate, EvalResult};
 
-/// Tokens per forward call when inspecting or evaluating a long text.
+/// Tokens per forward call when inspecting a text.
 const CHUNK: usize = 256;
+
+crate::settings! {
+    /// How a trained model is loaded for inference (besides the device, a training setting).
+    pub struct LoadConfig {
+        /// Weight matrices as bfloat16 (bf16): about half the time per generated token on the CPU
+        /// for models larger than its caches, at a small loss cost (eval with the same dtype
+        /// measures it).
+        dtype: WeightDtype = WeightDtype::F32; Bounds::ANY,
+    }
+}
 
 /// A model ready for inference, with everything its checkpoint says about it.
 pub struct Loaded {
@@ -163,13 +174,14 @@ impl Loaded {
     }
 
     /// Loss on `text` with the state carried throughout, read as `rows` streams in chunks of
-    /// `chunk` tokens (`reset_every` > 0 resets the state that often). `progress(done, total)`
+    /// `chunk` tokens (`None`: the run's `chunk_len`; `reset_every` > 0 resets the state that
+    /// often). `progress(done, total)`
     /// is asked before each chunk; stopping there is an [`Error::Interrupted`].
     pub fn evaluate(
         &self,
         text: &[u8],
         rows: usize,
-        chunk: usize,
+        chunk: Option<usize>,
         reset_every: usize,
         progress: &mut dyn FnMut(usize, usize) -> bool,
     ) -> Result<EvalResult> {
@@ -180,6 +192,7 @@ impl Loaded {
         if rows == 0 {
             return Err(Error::config("rows", "must be at least 1"));
         }
+        let chunk = chunk.unwrap_or(self.trainer.config.chunk_len);
         if chunk == 0 {
             return Err(Error::config("chunk_len", "must be at least 1"));
         }

@@ -8,15 +8,12 @@ from typing import Any, Optional
 
 import click
 
-from ..config import SAMPLING_KEYS
+from ..config import KEYS, LOAD_KEYS, SAMPLING_KEYS
 from ..errors import GrufinityError
 from .._grufinity import write_atomically
 from ..text import writer
 from . import main
 from .options import device_or_env, given, options
-
-DTYPE_HELP = ("Weight matrices as bfloat16 (bf16): about half the time per generated token on the CPU for "
-              "models larger than its caches, at a small loss cost (measure it with `eval --dtype bf16`).")
 
 #: Short forms of sampling flags.
 SHORT = {"max_new_tokens": "-n", "temperature": "-t"}
@@ -36,11 +33,14 @@ def unescape(text: str) -> str:
     return "".join(out)
 
 
+def load_options(f: Any) -> Any:
+    """--device and --dtype (from the core's schema)."""
+    return options(KEYS, only=["device"])(options(LOAD_KEYS)(f))
+
+
 def sampling_options(f: Any) -> Any:
-    """The sampling flags (from the core's schema), --device and --dtype."""
-    f = click.option("--dtype", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True, help=DTYPE_HELP)(f)
-    f = click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N]; or set GRUFINITY_DEVICE.")(f)
-    return options(SAMPLING_KEYS, short=SHORT)(f)
+    """The sampling flags, --device and --dtype (from the core's schema)."""
+    return load_options(options(SAMPLING_KEYS, short=SHORT)(f))
 
 
 def sampling_given(flags: dict[str, Any]) -> dict[str, Any]:
@@ -60,7 +60,7 @@ def sampling_given(flags: dict[str, Any]) -> dict[str, Any]:
                    "a long text written piece by piece equals one written at once.")
 @sampling_options
 def generate(run: str, prompt: Optional[str], prompt_file: Optional[str], continue_file: Optional[str],
-             device: Optional[str], dtype: str, **flags: Any) -> None:
+             device: Optional[str], dtype: Optional[str], **flags: Any) -> None:
     """Write text with the model in RUN (a run directory or a checkpoint), streamed to stdout."""
     from ..model import load
 
@@ -107,7 +107,7 @@ CHAT_HELP = """commands:
 @main.command()
 @click.argument("run", type=str)
 @sampling_options
-def chat(run: str, device: Optional[str], dtype: str, **flags: Any) -> None:
+def chat(run: str, device: Optional[str], dtype: Optional[str], **flags: Any) -> None:
     """Talk with the model in RUN: each line you type is fed to the model (with its newline) and
     the model's continuation is printed, until a stop string (default: a newline). Every turn
     continues the same recurrent state, so the whole conversation is the context.

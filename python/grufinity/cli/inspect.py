@@ -13,21 +13,21 @@ import click
 
 from .. import _grufinity
 from . import main
-from .generate import DTYPE_HELP
-from .options import device_or_env, fmt_time
+from ..config import KEYS
+from .generate import load_options
+from .options import device_or_env, fmt_time, given, options
 
 
 @main.command(name="eval")
 @click.argument("run", type=str)
 @click.argument("data", nargs=-1, required=True)
-@click.option("--chunk-len", type=click.IntRange(min=1), default=256, show_default=True, help="Tokens per forward call.")
+@click.option("--chunk-len", type=int, default=None, help="Tokens per forward call.  [default: the run's chunk_len]")
 @click.option("--reset-every", type=click.IntRange(min=0), default=0, show_default=True,
               help="Reset the state every N tokens (0 = carry it through the whole text).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option("--device", type=str, default=None, help="auto, cpu, cuda[:N], vulkan[:N]; or set GRUFINITY_DEVICE.")
-@click.option("--dtype", type=click.Choice(["f32", "bf16"]), default="f32", show_default=True, help=DTYPE_HELP)
-def eval_cmd(run: str, data: tuple[str, ...], chunk_len: int, reset_every: int, as_json: bool, device: Optional[str],
-             dtype: str) -> None:
+@load_options
+def eval_cmd(run: str, data: tuple[str, ...], chunk_len: Optional[int], reset_every: int, as_json: bool,
+             device: Optional[str], dtype: Optional[str]) -> None:
     """Loss of the model in RUN on DATA (files, directories or globs), with carried state.
     Shows progress on a terminal for long texts; Ctrl-C stops."""
     from .. import corpus
@@ -129,26 +129,17 @@ def data() -> None:
 
 @data.command("stats")
 @click.argument("paths", nargs=-1, required=True)
-@click.option("--tokenizer", default="byte", show_default=True,
-              help="byte, char, bpe, or a tokenizer.json / run directory.")
-@click.option("--vocab-size", type=int, default=None, help="Vocabulary size of a bpe tokenizer trained on PATHS.  [default: 4096]")
-@click.option("--doc-separator", is_flag=True, help="Insert a separator token between files.")
-@click.option("--cache-dir", default=None, help="Token cache directory; or set GRUFINITY_CACHE.")
+@options(KEYS, only=["tokenizer", "vocab_size", "doc_separator", "cache_dir"])
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True, help="Most frequent tokens to list.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def data_stats(paths: tuple[str, ...], tokenizer: str, vocab_size: Optional[int], doc_separator: bool,
-               cache_dir: Optional[str], top: int, as_json: bool) -> None:
+def data_stats(paths: tuple[str, ...], top: int, as_json: bool, **flags: Any) -> None:
     """Bytes, tokens, vocabulary usage, most frequent tokens and line lengths of PATHS (files,
-    directories or globs). Encodes through the token cache, so a later `train` reuses it."""
+    directories or globs) under a tokenizer, as `train` would see them. Encodes through the
+    token cache, so a later `train` reuses it."""
     from .. import corpus
 
     files = corpus.resolve(list(paths))
-    options: dict[str, Any] = {
-        "tokenizer": str(Path(tokenizer).expanduser()) if tokenizer.startswith("~") else tokenizer,
-        "vocab_size": vocab_size,
-        "doc_separator": doc_separator,
-        "cache_dir": str(Path(cache_dir).expanduser()) if cache_dir else None,
-    }
+    options = given(flags)
 
     def on_event(event: dict[str, Any]) -> bool:
         if event["message"] and not as_json:

@@ -44,10 +44,17 @@ def option(key: dict[str, Any], short: Optional[str] = None) -> Callable[[Any], 
     return click.option(*names, name, type=_CLICK_TYPES[kind], default=None, help=help_text)
 
 
-def options(keys: Iterable[dict[str, Any]], skip: Iterable[str] = (), short: Optional[dict[str, str]] = None) -> Callable[[Any], Any]:
-    """A decorator adding the options of ``keys`` (but those in ``skip``)."""
+def options(
+    keys: Iterable[dict[str, Any]],
+    skip: Iterable[str] = (),
+    only: Optional[Iterable[str]] = None,
+    short: Optional[dict[str, str]] = None,
+) -> Callable[[Any], Any]:
+    """A decorator adding the options of ``keys`` (those in ``only`` if given, but not those in
+    ``skip``)."""
     short = short or {}
-    chosen = [k for k in keys if k["name"] not in set(skip)]
+    wanted = None if only is None else set(only)
+    chosen = [k for k in keys if k["name"] not in set(skip) and (wanted is None or k["name"] in wanted)]
 
     def deco(f: Any) -> Any:
         for key in reversed(chosen):
@@ -62,9 +69,9 @@ def given(flags: dict[str, Any]) -> dict[str, Any]:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in flags.items() if v is not None and v != ()}
 
 
-def device_or_env(device: Optional[str]) -> str:
-    """``--device``, else ``GRUFINITY_DEVICE``, else auto."""
-    return device or os.environ.get("GRUFINITY_DEVICE") or "auto"
+def device_or_env(device: Optional[str]) -> Optional[str]:
+    """``--device``, else ``GRUFINITY_DEVICE``, else None (the default device)."""
+    return device or os.environ.get("GRUFINITY_DEVICE") or None
 
 
 def fmt_time(seconds: Optional[float]) -> str:

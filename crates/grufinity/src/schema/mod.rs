@@ -271,15 +271,18 @@ impl Key {
             (Kind::Float, _) => return Err(wrong("a number")),
             (Kind::Bool, Raw::Bool(b)) => Value::from(*b),
             (Kind::Bool, _) => return Err(wrong("true or false")),
-            (Kind::Str | Kind::Path, Raw::Str(s)) => Value::from(s.clone()),
+            (Kind::Str, Raw::Str(s)) => Value::from(s.clone()),
+            (Kind::Path, Raw::Str(s)) => Value::from(expand_home(s)),
             (Kind::Str, _) => return Err(wrong("a string")),
             (Kind::Path, _) => return Err(wrong("a path (a string)")),
-            (Kind::Paths | Kind::Strs, Raw::Str(s)) => Value::from(vec![s.clone()]),
+            (Kind::Paths, Raw::Str(s)) => Value::from(vec![expand_home(s)]),
+            (Kind::Strs, Raw::Str(s)) => Value::from(vec![s.clone()]),
             (Kind::Paths | Kind::Strs, Raw::List(items)) => {
                 let what = if self.kind == Kind::Paths { "paths" } else { "strings" };
                 let mut out = Vec::with_capacity(items.len());
                 for item in items {
                     match item {
+                        Raw::Str(s) if self.kind == Kind::Paths => out.push(Value::from(expand_home(s))),
                         Raw::Str(s) => out.push(Value::from(s.clone())),
                         other => return Err(self.error(format!("must be a list of {what}, but it holds {other}"))),
                     }
@@ -344,6 +347,14 @@ pub trait Schema: Sized + Serialize + serde::de::DeserializeOwned + Default {
     fn changed_keys(&self) -> Vec<&'static str> {
         let (mine, default) = (flat(self), flat(&Self::default()));
         Self::keys().into_iter().filter(|k| mine.get(k.name) != default.get(k.name)).map(|k| k.name).collect()
+    }
+}
+
+/// `~/x` as `$HOME/x` (a path from a TOML file or a quoted flag, which no shell expanded).
+pub fn expand_home(path: &str) -> String {
+    match (path.strip_prefix("~/").or(if path == "~" { Some("") } else { None }), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) if !home.is_empty() => format!("{}/{rest}", home.trim_end_matches('/')),
+        _ => path.to_string(),
     }
 }
 

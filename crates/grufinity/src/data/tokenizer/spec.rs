@@ -27,7 +27,7 @@ impl TokenizerSpec {
             "bpe" => Ok(Self::Bpe),
             "" => Err(Error::config("tokenizer", format!("is empty (choose: {KINDS}, or a path to a tokenizer.json)"))),
             other => {
-                let path = PathBuf::from(other);
+                let path = PathBuf::from(crate::schema::expand_home(other));
                 if path.exists() {
                     Ok(Self::File(path))
                 } else if other.contains(['/', '\\']) || other.ends_with(".json") {
