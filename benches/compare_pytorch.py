@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import datetime
 import json
 import math
@@ -70,48 +69,24 @@ MINGRU_PYTORCH_TESTED = "0.2.1"
 
 
 # --------------------------------------------------------------------------------------------
-# Shared pieces: GRUfinity's stream batcher and validation layout, in Python.
+# Shared pieces: GRUfinity's stream batcher and validation layout, from GRUfinity itself.
 # --------------------------------------------------------------------------------------------
 
-MASK64 = (1 << 64) - 1
+#: Epochs of stream layout handed to the PyTorch worker (far more than any budget here uses).
+LAYOUT_EPOCHS = 256
 
 
-def splitmix(x: int) -> int:
-    """SplitMix64 finaliser, as GRUfinity's batcher seeds its epoch offsets."""
-    z = (x + 0x9E3779B97F4A7C15) & MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    return z ^ (z >> 31)
+def data_layout(spec: dict[str, Any]) -> dict[str, Any]:
+    """How GRUfinity's trainer reads ``spec``'s corpus: the training head, the stream starts of
+    each epoch and the validation rows. Computed here, in the driver, so that the PyTorch worker
+    reads the same tokens in the same order without loading GRUfinity into its own memory."""
+    from grufinity import _grufinity as core
 
-
-def split_point(n: int, val_fraction: float) -> int:
-    """Training tokens of ``n``: the validation tail is ``round(n * val_fraction)`` tokens."""
-    return n - int(round(n * val_fraction))
-
-
-def epoch_layout(n_train: int, batch: int, chunk: int, seed: int, epoch: int) -> tuple[list[int], int]:
-    """Region starts (one per stream) and steps of ``epoch``, exactly as GRUfinity lays them."""
-    offset = splitmix((seed ^ splitmix((epoch + 1) & MASK64)) & MASK64) % chunk
-    region = (n_train - offset - 1) // batch
-    return [offset + i * region for i in range(batch)], region // chunk
-
-
-def eval_layout(n_val: int, rows: int, cap: int) -> tuple[list[int], int]:
-    """Validation row starts and targets per row (``cap`` = 0: the whole tail), as GRUfinity."""
-    rows = max(1, min(rows, max(n_val // 2, 1)))
-    length = n_val // rows
-    per_row = length - 1
-    if cap > 0:
-        per_row = min(per_row, max(-(-cap // rows), 1))
-    return [i * length for i in range(rows)], per_row
-
-
-def matmul_params(dim: int, depth: int, vocab: int, expansion: float = 1.5, ff_mult: float = 4.0) -> int:
-    """Weights of the linear layers: per block the minGRU's D -> 2E and E -> D (E != D) and the
-    feed-forward's D -> H -> D; then the head D -> V."""
-    inner, hidden = int(round(expansion * dim)), int(round(ff_mult * dim))
-    block = 2 * inner * dim + (inner * dim if inner != dim else 0) + 2 * dim * hidden
-    return depth * block + dim * vocab
+    n = Path(spec["data"]).stat().st_size  # byte tokens
+    n_train = core.split_point(n, spec["val_fraction"])
+    epochs = [core.epoch_layout(n_train, spec["batch"], spec["chunk"], spec["seed"], e) for e in range(LAYOUT_EPOCHS)]
+    eval_starts, eval_per_row = core.eval_layout(n - n_train, spec["batch"], spec["eval_tokens"])
+    return {"n_train": n_train, "epochs": epochs, "eval": [eval_starts, eval_per_row]}
 
 
 def peak_rss_self_mib() -> float:
@@ -199,13 +174,6 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
         log_every=spec["log_every"],
         sample_tokens=0,
     )
-    # Builds of GRUfinity older than its token cache have no `cache_dir` (they keep no cache).
-    known = {f.name for f in dataclasses.fields(grufinity.TrainConfig)}
-    if "cache_dir" not in known:
-        options.pop("cache_dir")
-    missing = sorted(set(options) - known)
-    if missing:
-        raise RuntimeError(f"this grufinity build's TrainConfig lacks {missing}; reinstall it (pip install .)")
     cfg = grufinity.TrainConfig(**options)
     steps: list[dict[str, Any]] = []
     evals: list[dict[str, Any]] = []
@@ -229,10 +197,7 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
     outcome = grufinity.train(cfg, on_event)
     train_rss = peak_rss_self_mib()
     model = grufinity.load(outcome["run_dir"], device=spec["device"])
-    if hasattr(model, "parameters"):
-        matmul = sum(int(a.size) for name, a in model.parameters().items() if a.ndim == 2 and "embedding" not in name)
-    else:  # older builds cannot list their parameters
-        matmul = matmul_params(spec["dim"], spec["depth"], model.vocab_size)
+    matmul = sum(int(a.size) for name, a in model.parameters().items() if a.ndim == 2 and "embedding" not in name)
     # Decoding: single stream, greedy, the state cached between tokens (inside generate).
     model.generate("\n", max_new_tokens=16, temperature=0.0)
     n = spec["decode_tokens"]
@@ -251,7 +216,7 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
     bf16.generate("\n", max_new_tokens=16, temperature=0.0)
     decode_bf16_s = decode_secs(bf16)
     raw = Path(spec["data"]).read_bytes()
-    val = raw[split_point(len(raw), spec["val_fraction"]):][:BF16_EVAL_BYTES]
+    val = raw[grufinity._grufinity.split_point(len(raw), spec["val_fraction"]):][:BF16_EVAL_BYTES]
     bf16_loss_delta = bf16.evaluate(val)["loss"] - model.evaluate(val)["loss"]
     return {
         "params": model.num_params,
@@ -314,7 +279,8 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
     torch.manual_seed(spec["seed"])
     raw = np.frombuffer(Path(spec["data"]).read_bytes(), dtype=np.uint8)
     data = torch.from_numpy(raw.astype(np.int64))
-    n_train = split_point(len(data), spec["val_fraction"])
+    layout = spec["layout"]
+    n_train = layout["n_train"]
     train, val = data[:n_train], data[n_train:]
     B, T, V = spec["batch"], spec["chunk"], 256
     model = minLM(num_tokens=V, dim=spec["dim"], depth=spec["depth"], ff_mult=4, expansion=1.5, enable_conv=False, dropout=0.0)
@@ -329,7 +295,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
     opt = torch.optim.AdamW(groups, lr=spec["lr"], betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"])
 
     def evaluate() -> float:
-        starts, per_row = eval_layout(len(val), B, spec["eval_tokens"])
+        starts, per_row = layout["eval"]
         rows = torch.tensor(starts)
         state, total, count, pos = None, 0.0, 0, 0
         model.eval()
@@ -350,7 +316,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
     evals: list[dict[str, Any]] = []
     tag, budget, log_every, eval_every = spec["tag"], spec["budget"], spec["log_every"], spec["eval_every"]
     epoch, epoch_step = 0, 0
-    starts, per_epoch = epoch_layout(n_train, B, T, spec["seed"], epoch)
+    starts, per_epoch = layout["epochs"][epoch]
     arange = torch.arange(T + 1)
     state: Optional[list[Any]] = None
     step, tokens = 0, 0
@@ -360,7 +326,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
     while time.perf_counter() - clock < budget:
         if epoch_step >= per_epoch:
             epoch, epoch_step = epoch + 1, 0
-            starts, per_epoch = epoch_layout(n_train, B, T, spec["seed"], epoch)
+            starts, per_epoch = layout["epochs"][epoch]
         if epoch_step == 0:
             state = None  # every stream starts a new region
         idx = torch.tensor(starts)[:, None] + epoch_step * T + arange
@@ -487,6 +453,8 @@ def run_worker(spec: dict[str, Any], work: Path, threads: int) -> tuple[dict[str
     """Runs one worker subprocess; returns (its result, its peak RSS in MiB from wait4, wall s)."""
     spec_path = work / f"{spec['tag'].replace(' ', '_')}.spec.json"
     result_path = work / f"{spec['tag'].replace(' ', '_')}.result.json"
+    if spec["kind"] == "pytorch":
+        spec = {**spec, "layout": data_layout(spec)}
     spec_path.write_text(json.dumps(spec))
     result_path.unlink(missing_ok=True)
     env = dict(os.environ)

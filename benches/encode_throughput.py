@@ -13,7 +13,6 @@ run shows what a cache hit costs (hashing the sources, opening the memory map).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -31,9 +30,9 @@ def measure(path: Path, tokenizer: str, vocab_size: int | None, threads: int | N
         os.environ["GRUFINITY_ENCODE_THREADS"] = str(threads)
     else:
         os.environ.pop("GRUFINITY_ENCODE_THREADS", None)
-    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "doc_separator": False, "cache_dir": cache}
+    options = {"tokenizer": tokenizer, "vocab_size": vocab_size, "cache_dir": cache}
     start = time.perf_counter()
-    s = json.loads(_grufinity.data_stats([str(path)], json.dumps(options), 0, None))
+    s = _grufinity.data_stats([str(path)], options, 0, None)
     wall = time.perf_counter() - start
     header = s["store"]["header"]
     return {"tokens": s["tokens"], "bytes": s["bytes"], "encode_s": header["encode_seconds"],

@@ -29,6 +29,10 @@ fn _grufinity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::run_is_training, m)?)?;
     m.add_function(wrap_pyfunction!(train::resolve_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(train::write_atomically, m)?)?;
+    m.add_function(wrap_pyfunction!(train::split_point, m)?)?;
+    m.add_function(wrap_pyfunction!(train::epoch_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(train::eval_layout, m)?)?;
+    m.add_function(wrap_pyfunction!(train::count_params, m)?)?;
     m.add_class::<model::Model>()?;
     m.add_class::<model::ModelState>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

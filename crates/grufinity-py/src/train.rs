@@ -177,3 +177,33 @@ pub fn resolve_checkpoint(py: Python<'_>, path: PathBuf, prefer: &str) -> PyResu
 pub fn write_atomically(py: Python<'_>, path: PathBuf, data: &[u8]) -> PyResult<()> {
     check(py, grufinity::files::write_file_atomically(&path, data))
 }
+
+/// The training head of `n` tokens (the rest is the validation tail): what the trainer uses.
+#[pyfunction]
+pub fn split_point(py: Python<'_>, n: usize, val_fraction: f64) -> PyResult<usize> {
+    check(py, grufinity::data::split_point(n, val_fraction))
+}
+
+/// The trainer's stream layout of `epoch`: (region starts, one per row; steps in the epoch).
+#[pyfunction]
+pub fn epoch_layout(py: Python<'_>, n_train: usize, batch: usize, chunk: usize, seed: u64, epoch: u64) -> PyResult<(Vec<usize>, u64)> {
+    let batcher = check(py, grufinity::data::StreamBatcher::new(n_train, batch, chunk, seed))?;
+    let layout = batcher.layout(epoch);
+    Ok((layout.starts, layout.steps))
+}
+
+/// The trainer's validation layout: (row starts, targets per row) of `n_val` tokens.
+#[pyfunction]
+pub fn eval_layout(n_val: usize, rows: usize, cap: usize) -> (Vec<usize>, usize) {
+    grufinity::data::batcher::eval_layout(n_val, rows, cap)
+}
+
+/// (parameters, parameters in matrix products) of the model that training settings describe
+/// (`vocab_size`: the model's vocabulary).
+#[pyfunction]
+pub fn count_params(py: Python<'_>, values: &Bound<'_, PyDict>, vocab_size: usize) -> PyResult<(usize, usize)> {
+    let mut config = check(py, TrainConfig::from_raw(&raw_map(values)?))?;
+    config.model.vocab_size = vocab_size;
+    check(py, config.model.validate())?;
+    Ok((config.model.num_params(), config.model.matmul_params()))
+}

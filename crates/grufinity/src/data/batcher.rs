@@ -181,19 +181,29 @@ pub fn split_point(n: usize, val_fraction: f64) -> Result<usize> {
     }
     let n_val = ((n as f64) * val_fraction).round() as usize;
     if n_val < 2 {
+        // A larger fraction helps only while the training head keeps some tokens.
+        let hint = if n >= 4 {
+            format!("give more text or a larger --val-fraction (at least {:.2})", 2.0 / n as f64)
+        } else {
+            "give more text".to_string()
+        };
         return Err(Error::Data(format!(
-            "the corpus has only {n} tokens: too few for a validation split of {val_fraction}; \
-             give more text or a larger --val-fraction"
+            "the corpus has only {n} tokens: too few for a validation split of {val_fraction}; {hint}"
         )));
     }
     Ok(n - n_val)
 }
 
-/// Validation layout: `rows` contiguous regions of the validation tokens, each evaluated from
-/// a fresh state with the state carried across chunks. Returns `(starts, region_len)`; every
-/// region predicts `region_len - 1` targets.
-pub fn eval_regions(n_tokens: usize, rows: usize) -> (Vec<usize>, usize) {
+/// Validation layout: `rows` contiguous regions of the `n_tokens` validation tokens, each
+/// evaluated from a fresh state with the state carried across chunks, predicting at most `cap`
+/// tokens in all (0 = no cap). Returns `(starts, per_row)`: the region starts and the targets
+/// each region predicts (it reads `per_row + 1` tokens).
+pub fn eval_layout(n_tokens: usize, rows: usize, cap: usize) -> (Vec<usize>, usize) {
     let rows = rows.clamp(1, (n_tokens / 2).max(1));
     let len = n_tokens / rows;
-    ((0..rows).map(|i| i * len).collect(), len)
+    let mut per_row = len - 1;
+    if cap > 0 {
+        per_row = per_row.min(cap.div_ceil(rows).max(1));
+    }
+    ((0..rows).map(|i| i * len).collect(), per_row)
 }

@@ -2,7 +2,7 @@
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::data::batcher::eval_regions;
+use crate::data::batcher::eval_layout;
 use crate::model::{cross_entropy, MinGruLm, ModelConfig, State};
 
 /// Loss figures of one evaluation.
@@ -50,12 +50,8 @@ pub fn evaluate(
     device: &Device,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Option<(f64, usize)> {
-    let (starts, region) = eval_regions(tokens.len(), rows);
+    let (starts, per_row) = eval_layout(tokens.len(), rows, cap);
     let rows = starts.len();
-    let mut per_row = region - 1;
-    if cap > 0 {
-        per_row = per_row.min(cap.div_ceil(rows).max(1));
-    }
     let mut state = State::zeros(config, rows, device);
     let (mut total, mut count) = (0.0f64, 0usize);
     let mut pos = 0;

@@ -14,7 +14,7 @@ use super::optim::{AdamW, AdamWConfig, Plateau};
 use super::params::named_params;
 use super::resume::{plan, Start};
 use super::trainer::Run;
-use crate::data::batcher::eval_regions;
+use crate::data::batcher::eval_layout;
 use crate::data::{prepare, split_point, Cursor, DataEvent, StreamBatcher, TokenSource, TokenStore, Tokenizer};
 use crate::device;
 use crate::error::{Error, Result};
@@ -173,11 +173,7 @@ pub struct EvalSet {
 impl EvalSet {
     /// The set `evaluate` reads with `rows` rows and a cap of `cap` tokens (0 = none).
     fn gather(store: &TokenStore, n_train: usize, rows: usize, cap: usize, tokenizer: &Tokenizer) -> Self {
-        let (starts, region) = eval_regions(store.len() - n_train, rows);
-        let mut per_row = region - 1;
-        if cap > 0 {
-            per_row = per_row.min(cap.div_ceil(starts.len()).max(1));
-        }
+        let (starts, per_row) = eval_layout(store.len() - n_train, rows, cap);
         let mut out = Vec::with_capacity(starts.len() * (per_row + 1));
         let (mut bytes, mut count) = (0usize, 0usize);
         for &s in &starts {

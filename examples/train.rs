@@ -1,7 +1,11 @@
-//! Train a minGRU LM from Rust alone:
-//! `cargo run --release --example train -- CORPUS.txt [max_steps] [dim] [depth]`
+//! Train a minGRU LM from Rust alone, then generate with it:
+//! `cargo run --release -p grufinity --example train -- CORPUS.txt [max_steps] [dim] [depth]`
 
+use burn::tensor::Device;
+use grufinity::generate::SamplingConfig;
+use grufinity::model::host::WeightDtype;
 use grufinity::train::{train, Event, TrainConfig};
+use grufinity::Loaded;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,5 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         true
     })?;
     println!("checkpoint: {}", outcome.checkpoint.display());
+
+    // Generation from the saved run: prefill the prompt, then one recurrent step per token.
+    let model = Loaded::load(&outcome.run_dir, &Device::flex(), WeightDtype::F32)?;
+    let sampling = SamplingConfig { max_new_tokens: 80, seed: 1, ..Default::default() };
+    let (generation, _state) = model.generate(b"The ", &sampling, None, &mut |_| true)?;
+    println!("The {}", String::from_utf8_lossy(&generation.text));
     Ok(())
 }
