@@ -20,6 +20,19 @@ crate::choice_enum! {
     }
 }
 
+crate::choice_enum! {
+    /// The number format of training's matrix products and activations. Master weights,
+    /// optimiser state and checkpoints stay f32 whatever it is, so runs move between devices.
+    pub enum Precision {
+        /// Everything in f32.
+        F32 = "f32",
+        /// bfloat16 products (f32 accumulation): CPUs with AVX512-BF16, and GPUs.
+        Bf16 = "bf16",
+        /// float16 products with loss scaling: GPUs only.
+        F16 = "f16",
+    }
+}
+
 /// Consecutive skipped steps after which `on_nan = "skip"` gives up.
 pub const MAX_BAD_STEPS: u64 = 5;
 
@@ -92,6 +105,9 @@ crate::settings! {
         eps: f64 = 1e-8; Bounds::above(0.0),
         /// Clip the global gradient norm to this, 0 = off.
         grad_clip: f64 = 1.0; Bounds::at_least(0.0),
+        /// Number format of the matrix products: f32, bf16 (f32 master weights and optimiser
+        /// state) or f16 (GPUs, with loss scaling).
+        precision: Precision = Precision::F32; Bounds::ANY,
         /// Chunks accumulated per optimiser step.
         accum: usize = 1; Bounds::at_least(1.0),
         /// Stop after this many steps.

@@ -36,6 +36,7 @@ pub const OVERRIDABLE: &[&str] = &[
     "early_stop_patience",
     "on_nan",
     "device",
+    "precision",
     "cache_dir",
     "tensorboard",
 ];

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use burn::tensor::Tensor;
 
 use super::checkpoint::{load_module, read_tokenizer, OPTIMIZER_FILE, STATE_FILE};
-use super::config::TrainConfig;
+use super::config::{Precision, TrainConfig};
 use super::events::{Event, OnEvent};
 use super::metrics::Metrics;
 use super::optim::{AdamW, AdamWConfig, Plateau};
@@ -42,6 +42,7 @@ pub fn start(config: TrainConfig, on_event: &mut OnEvent<'_>) -> Result<(Run, St
     }
     cfg.validate()?;
     let selected = device::select(&cfg.device)?;
+    check_precision(cfg.precision, &selected)?;
     let existed = run_dir.root.exists();
     let lock = run_dir.lock()?;
     let built = build(cfg, run_dir.clone(), start, selected, on_event);
@@ -157,6 +158,19 @@ fn build(
     };
     let info = StartInfo { selected, resumed_from: resumed_from.map(|p| p.canonicalize().unwrap_or(p)), branched_from, data_log, debris_removed };
     Ok((Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, eval, sample_prompt, model, opt, state, batcher, ts, metrics }, info))
+}
+
+/// Whether `precision` can train on the selected device.
+fn check_precision(precision: Precision, selected: &device::Selected) -> Result<()> {
+    let cpu = crate::model::fused::supported(&selected.device);
+    match precision {
+        Precision::F32 => Ok(()),
+        Precision::F16 if cpu => Err(Error::config(
+            "precision",
+            "f16 trains on GPUs only (CPUs have no fast f16 products); use bf16 or f32 on the CPU",
+        )),
+        _ => Err(Error::config("precision", format!("{precision} training is not available on {} in this build", selected.name))),
+    }
 }
 
 /// The validation tokens one evaluation reads: `rows` streams from the tail after the training
