@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use grufinity::generate::{sample, DecoderState, SamplingConfig};
-use grufinity::model::host::WeightDtype;
+use grufinity::model::quant::WeightDtype;
 use grufinity::rng::Rng;
 use grufinity::schema::Schema;
 use grufinity::{Error, Loaded};

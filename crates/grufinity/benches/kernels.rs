@@ -13,7 +13,8 @@ use std::hint::black_box;
 use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use grufinity::model::scan::{log_coeffs_and_values, scan_log, LOG_ZERO};
-use grufinity::model::host::{HostModel, HostState, WeightDtype};
+use grufinity::model::host::{HostModel, HostState};
+use grufinity::model::quant::WeightDtype;
 use grufinity::model::{fused, MinGruLm, ModelConfig, State};
 use grufinity::train::optim::{accumulate_grads, clip_global_norm, AdamW, AdamWConfig, GradMap};
 
@@ -103,7 +104,7 @@ fn decode_step(c: &mut Criterion) {
                 black_box(logits.into_data())
             })
         });
-        for dtype in [WeightDtype::F32, WeightDtype::Bf16] {
+        for dtype in [WeightDtype::F32, WeightDtype::Bf16, WeightDtype::Int8] {
             let host = HostModel::new(&model, dtype);
             let mut state = HostState::from_state(&State::zeros(&cfg, 1, &cpu));
             group.bench_function(format!("host {dtype:?}"), |bench| {

@@ -11,11 +11,12 @@ use serde::Serialize;
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{run_batch, Decoder, DecoderState, Generation, SamplingConfig};
-use crate::model::host::{round_to_bf16, HostModel, WeightDtype};
+use crate::model::host::HostModel;
+use crate::model::quant::{round_weights, WeightDtype};
 use crate::model::{fused, MinGruLm, ModelConfig, State};
 use crate::run::{resolve, RunDir};
 use crate::schema::Bounds;
-use crate::train::checkpoint::{load_module, read_tokenizer, read_trainer_state, TrainerState, MODEL_FILE};
+use crate::train::checkpoint::{inference_weights, load_module, read_tokenizer, read_trainer_state, TrainerState};
 use crate::train::eval::{evaluate, EvalResult};
 
 /// Tokens per forward call when inspecting a text.
@@ -59,17 +60,16 @@ pub struct Inspection {
 
 impl Loaded {
     /// Loads `path` (a run: its best checkpoint, else its last; or a checkpoint directory) onto
-    /// `device`, without autodiff, with its weight matrices as `dtype` values.
+    /// `device`, without autodiff, with its weight matrices as `dtype` values (the moving average
+    /// of the weights when the run kept one).
     pub fn load(path: &Path, device: &Device, dtype: WeightDtype) -> Result<Self> {
         crate::alloc::keep_freed_memory();
         let checkpoint = resolve(path, "best")?;
         let trainer = read_trainer_state(&checkpoint)?;
         let tokenizer = read_tokenizer(&checkpoint, &trainer)?;
         let model = MinGruLm::new(&trainer.config.model, 0, device)?;
-        let mut model = load_module(model, &checkpoint.join(MODEL_FILE), device)?;
-        if dtype == WeightDtype::Bf16 {
-            model = round_to_bf16(model);
-        }
+        let mut model = load_module(model, &inference_weights(&checkpoint), device)?;
+        model = round_weights(model, dtype);
         Ok(Self { checkpoint, model, tokenizer, trainer, device: device.clone(), dtype, host: OnceLock::new() })
     }
 

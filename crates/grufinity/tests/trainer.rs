@@ -218,7 +218,11 @@ fn trainer_json(ckpt: &Path) -> serde_json::Value {
 }
 
 fn weights(ckpt: &Path) -> Vec<(String, Vec<f32>)> {
-    let (named, _) = tensors::read(&ckpt.join("model.safetensors")).unwrap();
+    file_weights(&ckpt.join("model.safetensors"))
+}
+
+fn file_weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let (named, _) = tensors::read(path).unwrap();
     named.into_iter().map(|(k, t)| (k.clone(), t.f32_values(&k).unwrap().to_vec())).collect()
 }
 
@@ -364,4 +368,47 @@ fn a_failed_checkpoint_write_keeps_the_previous_checkpoint() {
     for (path, bytes) in first.expect("a first checkpoint was saved") {
         assert_eq!(std::fs::read(&path).unwrap(), bytes, "{} changed", path.display());
     }
+}
+
+// ---------------------------------------------------------------- moving average of the weights
+
+#[test]
+fn ema_follows_its_formula_and_resumes_exactly() {
+    let sb = Sandbox::new("ema");
+    let decay = 0.9;
+    let cfg = |name: &str, steps| TrainConfig {
+        ema: Some(decay),
+        // A constant rate: a cosine one would decay over each run's own budget.
+        schedule: Schedule::Constant,
+        save_every: 1,
+        keep_last: 20,
+        max_steps: Some(steps),
+        ..sb.config(name)
+    };
+    let (a, _) = run(cfg("a", 6), None);
+    let a = a.unwrap();
+    let ckpt = |run: &str, step: u64| sb.run(run).join("checkpoints").join(format!("step-{step}"));
+    // ema_t = d_t ema_{t-1} + (1 - d_t) w_t, d_t = min(decay, (1 + t) / (10 + t)).
+    for t in 2..=6u64 {
+        let d = decay.min((1.0 + t as f64) / (10.0 + t as f64)) as f32;
+        let (prev, w, now) =
+            (file_weights(&ckpt("a", t - 1).join("ema.safetensors")), weights(&ckpt("a", t)), file_weights(&ckpt("a", t).join("ema.safetensors")));
+        for (((name, p), (_, w)), (_, n)) in prev.iter().zip(&w).zip(&now) {
+            let expected: Vec<f32> = p.iter().zip(w).map(|(p, w)| d * p + (1.0 - d) * w).collect();
+            assert!(max_abs_diff(&expected, n) < 1e-6, "step {t} `{name}`");
+        }
+        assert_ne!(weights(&ckpt("a", t)), file_weights(&ckpt("a", t).join("ema.safetensors")), "the average is not the weights");
+    }
+    // Interrupted at step 3 and resumed, the average is the uninterrupted one, bit for bit.
+    run(cfg("b", 3), None).0.unwrap();
+    let (b, _) = run(cfg("b", 6), Some(&sb.run("b").join("checkpoints").join("last")));
+    let b = b.unwrap();
+    assert_eq!(file_weights(&a.checkpoint.join("ema.safetensors")), file_weights(&b.checkpoint.join("ema.safetensors")));
+    // Inference loads the average.
+    let loaded = grufinity::Loaded::load(&a.checkpoint, &cpu(), grufinity::model::quant::WeightDtype::F32).unwrap();
+    let lw: Vec<(String, Vec<f32>)> = grufinity::train::checkpoint::module_tensors(&loaded.model)
+        .into_iter()
+        .map(|(k, t)| (k.clone(), t.f32_values(&k).unwrap().to_vec()))
+        .collect();
+    assert_eq!(lw, file_weights(&a.checkpoint.join("ema.safetensors")));
 }

@@ -6,7 +6,7 @@
 //! compiler's own vectorisation of the portable loop kept the accumulators in memory. Elsewhere
 //! the portable loop runs in 16 lanes. The two differ in rounding (FMA), not in order.
 
-/// A stored weight: f32, or bfloat16 as its 16 bits.
+/// A stored weight: f32, bfloat16 as its 16 bits, or int8 (its scale applied by the caller).
 pub(crate) trait Weight: Copy + Sync {
     fn value(self) -> f32;
 
@@ -33,7 +33,7 @@ impl Weight for f32 {
 impl Weight for u16 {
     #[inline(always)]
     fn value(self) -> f32 {
-        f32::from_bits((self as u32) << 16)
+        crate::model::quant::bf16_value(self)
     }
 
     fn dot4(w: [&[u16]; 4], x: &[f32]) -> [f32; 4] {
@@ -41,6 +41,22 @@ impl Weight for u16 {
         if avx2::available() {
             // SAFETY: the CPU has AVX2 and FMA (checked just above).
             return unsafe { avx2::dot4_bf16(w, x) };
+        }
+        portable(w, x)
+    }
+}
+
+impl Weight for i8 {
+    #[inline(always)]
+    fn value(self) -> f32 {
+        self as f32
+    }
+
+    fn dot4(w: [&[i8]; 4], x: &[f32]) -> [f32; 4] {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // SAFETY: the CPU has AVX2 and FMA (checked just above).
+            return unsafe { avx2::dot4_i8(w, x) };
         }
         portable(w, x)
     }
@@ -124,6 +140,20 @@ mod avx2 {
         unsafe { dot4_body!(w, x, load_bf16) }
     }
 
+    /// SAFETY: needs AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot4_i8(w: [&[i8]; 4], x: &[f32]) -> [f32; 4] {
+        // SAFETY: the loads stay inside the rows (checked lengths, whole blocks of 16).
+        unsafe { dot4_body!(w, x, load_i8) }
+    }
+
+    /// 8 int8 weights as f32 (one 8-byte load, sign-extended, converted).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    unsafe fn load_i8(p: *const i8) -> __m256 {
+        unsafe { _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i))) }
+    }
+
     /// 8 bfloat16 weights as f32: a bfloat16 is the top half of the f32 with the same value.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -159,7 +189,11 @@ mod tests {
             let exact: [f64; 4] =
                 std::array::from_fn(|j| w[j].iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum());
             let bits: Vec<Vec<u16>> =
-                w.iter().map(|r| r.iter().map(|&v| crate::model::host::bf16_bits(v)).collect()).collect();
+                w.iter().map(|r| r.iter().map(|&v| crate::model::quant::bf16_bits(v)).collect()).collect();
+            let ints: Vec<Vec<i8>> = w.iter().map(|r| r.iter().map(|&v| (v * 254.0).round() as i8).collect()).collect();
+            let rows8: [&[i8]; 4] = std::array::from_fn(|j| &ints[j][..]);
+            let exact8: [f64; 4] =
+                std::array::from_fn(|j| ints[j].iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum());
             let rows16: [&[u16]; 4] = std::array::from_fn(|j| &bits[j][..]);
             let exact16: [f64; 4] = std::array::from_fn(|j| {
                 bits[j].iter().zip(&x).map(|(&a, &b)| a.value() as f64 * b as f64).sum()
@@ -169,9 +203,12 @@ mod tests {
                 (portable(rows, &x), exact),
                 (u16::dot4(rows16, &x), exact16),
                 (portable(rows16, &x), exact16),
+                (i8::dot4(rows8, &x), exact8),
+                (portable(rows8, &x), exact8),
             ] {
                 for j in 0..4 {
-                    assert!((got[j] as f64 - want[j]).abs() < 1e-4, "n={n} row {j}: {} vs {}", got[j], want[j]);
+                    let tolerance = 1e-4 * want[j].abs().max(1.0);
+                    assert!((got[j] as f64 - want[j]).abs() < tolerance, "n={n} row {j}: {} vs {}", got[j], want[j]);
                 }
             }
         }

@@ -4,77 +4,24 @@
 //! is bound by memory bandwidth once the model outgrows the caches (a 20M-parameter model reads
 //! 80 MB of f32 per token), and by per-op dispatch while it fits in them. This module keeps the
 //! matrices output-major (`[D_out, D_in]`: each output is one contiguous dot product, split
-//! between threads by output when the matrix is large), optionally in bfloat16 (half the bytes
-//! per token), and runs a whole layer per call without building tensors.
+//! between threads by output when the matrix is large), optionally in bfloat16 or int8 (a half or
+//! a quarter of the bytes per token), and runs a whole layer per call without building tensors.
 //!
 //! The maths is the model's ([`super::block`]) in its one-token form; the tests check it against
-//! the Burn forward. bfloat16 here means the weights are bfloat16 *values*: [`round_to_bf16`]
-//! rounds the Burn model's matrices the same way, so evaluation and prefill through Burn see the
-//! same weights as these steps.
+//! the Burn forward. The weight formats are [`super::quant`]'s; [`super::quant::round_weights`]
+//! gives the Burn model the same values, so evaluation and prefill through Burn see the same
+//! weights as these steps.
 
-use burn::module::Param;
 use burn::nn::{Linear, RmsNorm};
 use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::fused::{erf, g, sigmoid, vectorised};
 use super::gemv::Weight;
+use super::quant::{bf16_bits, quantize_rows, transpose, WeightDtype};
 use super::lm::MinGruLm;
 use super::scan::LOG_ZERO;
 use super::state::{LayerState, State};
-
-crate::choice_enum! {
-    /// The element type of the weight matrices at inference.
-    pub enum WeightDtype {
-        /// As trained.
-        F32 = "f32",
-        /// Rounded to bfloat16 (8 significant bits): half the memory traffic per decoded token.
-        Bf16 = "bf16",
-    }
-}
-
-impl std::str::FromStr for WeightDtype {
-    type Err = crate::error::Error;
-    fn from_str(s: &str) -> crate::error::Result<Self> {
-        Self::parse_word(s, "dtype")
-    }
-}
-
-/// The bfloat16 nearest to `x` (ties to even), as its 16 bits.
-pub fn bf16_bits(x: f32) -> u16 {
-    let bits = x.to_bits();
-    if x.is_nan() {
-        return ((bits >> 16) | 0x40) as u16; // stay a NaN
-    }
-    let rounding = 0x7FFF + ((bits >> 16) & 1);
-    (bits.wrapping_add(rounding) >> 16) as u16
-}
-
-/// `model` with every weight matrix (the linear maps, and the embedding when it is also the
-/// head) rounded to bfloat16 values; norms, biases and the conv stay f32.
-pub fn round_to_bf16(mut model: MinGruLm) -> MinGruLm {
-    let round = |p: Param<Tensor<2>>| {
-        p.map(|t| {
-            let (dims, device) = (t.dims(), t.device());
-            let v: Vec<f32> = host(&t).into_iter().map(|x| bf16_bits(x).value()).collect();
-            Tensor::from_data(TensorData::new(v, dims), &device)
-        })
-    };
-    let round_linear = |l: &mut Linear| l.weight = round(l.weight.clone());
-    for b in &mut model.blocks {
-        round_linear(&mut b.mingru.to_hz);
-        if let Some(out) = &mut b.mingru.to_out {
-            round_linear(out);
-        }
-        round_linear(&mut b.ff.up);
-        round_linear(&mut b.ff.down);
-    }
-    match &mut model.head {
-        Some(head) => round_linear(head),
-        None => model.embedding.weight = round(model.embedding.weight.clone()),
-    }
-    model
-}
 
 fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
     t.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap_or_default()
@@ -83,6 +30,8 @@ fn host<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
 enum Weights {
     F32(Vec<f32>),
     Bf16(Vec<u16>),
+    /// Per-row int8 and each row's scale.
+    Int8(Vec<i8>, Vec<f32>),
 }
 
 /// Matrices below this many weights run on one thread. Splitting even mid-sized ones pays: while
@@ -109,6 +58,10 @@ impl Matrix {
         let weights = match dtype {
             WeightDtype::F32 => Weights::F32(out_major),
             WeightDtype::Bf16 => Weights::Bf16(out_major.into_iter().map(bf16_bits).collect()),
+            WeightDtype::Int8 => {
+                let (q, scales) = quantize_rows(&out_major, cols);
+                Weights::Int8(q, scales)
+            }
         };
         Self { rows, cols, weights, bias }
     }
@@ -116,25 +69,21 @@ impl Matrix {
     /// From a Burn linear layer (weight `[D_in, D_out]`).
     fn linear(layer: &Linear, dtype: WeightDtype) -> Self {
         let [cols, rows] = layer.weight.dims();
-        let w = host(&layer.weight.val());
-        let mut t = vec![0.0f32; w.len()];
-        for (i, row) in w.chunks_exact(rows).enumerate() {
-            for (j, &v) in row.iter().enumerate() {
-                t[j * cols + i] = v;
-            }
-        }
+        let t = transpose(&host(&layer.weight.val()), cols, rows);
         Self::new(t, rows, cols, layer.bias.as_ref().map(|b| host(&b.val())), dtype)
     }
 
     /// `x`: `[m, D_in]` → `[m, D_out]`.
     fn apply(&self, x: &[f32], m: usize) -> Vec<f32> {
         match &self.weights {
-            Weights::F32(w) => self.apply_with(w, x, m),
-            Weights::Bf16(w) => self.apply_with(w, x, m),
+            Weights::F32(w) => self.apply_with(w, None, x, m),
+            Weights::Bf16(w) => self.apply_with(w, None, x, m),
+            Weights::Int8(w, scales) => self.apply_with(w, Some(scales), x, m),
         }
     }
 
-    fn apply_with<W: Weight>(&self, w: &[W], x: &[f32], m: usize) -> Vec<f32> {
+    /// `scales`: each output row's factor (int8 rows hold `w / scale`).
+    fn apply_with<W: Weight>(&self, w: &[W], scales: Option<&[f32]>, x: &[f32], m: usize) -> Vec<f32> {
         let (rows, cols) = (self.rows, self.cols);
         // Computed output-major (`[D_out, m]`) so that threads own contiguous outputs, and each
         // weight row is read once for all `m` inputs.
@@ -167,8 +116,9 @@ impl Matrix {
         let mut y = vec![0.0f32; m * rows];
         for (n, out) in yt.chunks_exact(m).enumerate() {
             let b = self.bias.as_ref().map_or(0.0, |b| b[n]);
+            let s = scales.map_or(1.0, |s| s[n]);
             for (r, &v) in out.iter().enumerate() {
-                y[r * rows + n] = v + b;
+                y[r * rows + n] = v * s + b;
             }
         }
         y
@@ -407,23 +357,4 @@ fn conv_step(conv: &Conv, u: &[f32], cache: &mut [f32], d: usize) -> Vec<f32> {
         }
     }
     y
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bf16_rounds_to_nearest_even() {
-        assert_eq!(bf16_bits(1.0), 0x3F80);
-        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even mantissa (1.0).
-        assert_eq!(bf16_bits(1.0 + 1.0 / 256.0), 0x3F80);
-        // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: rounds up to the even one.
-        assert_eq!(bf16_bits(1.0 + 3.0 / 256.0), 0x3F82);
-        assert_eq!(bf16_bits(-2.5).value(), -2.5);
-        assert!(bf16_bits(f32::NAN).value().is_nan());
-        for x in [0.1f32, -3.7, 1e-20, 6.5e4] {
-            assert!(((bf16_bits(x).value() - x) / x).abs() <= 1.0 / 256.0);
-        }
-    }
 }

@@ -11,6 +11,7 @@ pub mod host;
 pub mod init;
 pub mod lm;
 pub mod mingru;
+pub mod quant;
 pub mod scan;
 pub mod state;
 

@@ -22,6 +22,8 @@ pub use crate::run::{TOKENIZER_FILE, TRAINER_FILE};
 pub const MODEL_FILE: &str = "model.safetensors";
 pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "state.safetensors";
+/// The exponential moving average of the weights (runs with `ema` only); inference prefers it.
+pub const EMA_FILE: &str = "ema.safetensors";
 
 /// Trainer state saved in every checkpoint (`trainer.json`): everything besides tensors that
 /// an exact resume needs.
@@ -53,6 +55,8 @@ pub struct CheckpointParts<'a> {
     pub model_meta: BTreeMap<String, String>,
     pub optimizer: BTreeMap<String, HostTensor>,
     pub state: BTreeMap<String, HostTensor>,
+    /// The averaged weights, with `ema` on.
+    pub ema: Option<BTreeMap<String, HostTensor>>,
     pub tokenizer: &'a Tokenizer,
     pub trainer: &'a TrainerState,
 }
@@ -65,6 +69,9 @@ pub fn write(dir: &Path, parts: &CheckpointParts<'_>) -> Result<()> {
         tensors::write(&tmp.join(MODEL_FILE), &parts.model, &parts.model_meta)?;
         tensors::write(&tmp.join(OPTIMIZER_FILE), &parts.optimizer, &BTreeMap::new())?;
         tensors::write(&tmp.join(STATE_FILE), &parts.state, &BTreeMap::new())?;
+        if let Some(ema) = &parts.ema {
+            tensors::write(&tmp.join(EMA_FILE), ema, &parts.model_meta)?;
+        }
         std::fs::write(tmp.join(TOKENIZER_FILE), &tokenizer_json).map_err(|e| Error::io(tmp, e))?;
         // Written last: its presence marks a complete checkpoint.
         std::fs::write(tmp.join(TRAINER_FILE), &trainer_json).map_err(|e| Error::io(tmp, e))
@@ -100,6 +107,12 @@ pub fn read_tokenizer(ckpt: &Path, trainer: &TrainerState) -> Result<Tokenizer> 
         ));
     }
     Ok(tokenizer)
+}
+
+/// The weights inference uses from checkpoint `ckpt`: the moving average when it has one.
+pub fn inference_weights(ckpt: &Path) -> std::path::PathBuf {
+    let ema = ckpt.join(EMA_FILE);
+    if ema.is_file() { ema } else { ckpt.join(MODEL_FILE) }
 }
 
 /// Every parameter of `module` by path, as host tensors of their shapes.

@@ -108,6 +108,9 @@ crate::settings! {
         /// Number format of the matrix products: f32, bf16 (f32 master weights and optimiser
         /// state) or f16 (GPUs, with loss scaling).
         precision: Precision = Precision::F32; Bounds::ANY,
+        /// Exponential moving average of the weights with this decay (e.g. 0.999): evaluation,
+        /// samples, the best checkpoint and inference use the average.
+        ema: Option<f64> = None; Bounds::range(0.0, false, 1.0, false),
         /// Chunks accumulated per optimiser step.
         accum: usize = 1; Bounds::at_least(1.0),
         /// Stop after this many steps.

@@ -4,6 +4,7 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod ema;
 pub mod eval;
 pub mod events;
 pub mod fused_optim;

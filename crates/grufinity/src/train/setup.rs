@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use burn::tensor::Tensor;
 
-use super::checkpoint::{load_module, read_tokenizer, OPTIMIZER_FILE, STATE_FILE};
+use super::checkpoint::{load_module, read_tokenizer, EMA_FILE, OPTIMIZER_FILE, STATE_FILE};
+use super::ema::Ema;
 use super::config::{Precision, TrainConfig};
 use super::events::{Event, OnEvent};
 use super::metrics::Metrics;
@@ -107,6 +108,7 @@ fn build(
     let mut model = MinGruLm::new(&cfg.model, cfg.seed, &autodiff)?;
     let mut opt = AdamW::new(AdamWConfig { beta1: cfg.beta1, beta2: cfg.beta2, eps: cfg.eps, weight_decay: cfg.weight_decay });
     let mut state = State::zeros(&cfg.model, cfg.batch_size, &autodiff);
+    let mut ema = None;
     let ts = match (&resumed_from, saved) {
         (Some(ckpt), Some(ts)) => {
             if ts.data_tokens != tokens.len() || ts.data_hash != data_hash {
@@ -126,6 +128,12 @@ fn build(
             state = State::from_host(&mut carried, &cfg.model, Some(cfg.batch_size), &autodiff)
                 .map_err(|e| Error::checkpoint(&state_path, e.to_string()))?;
             batcher.set_cursor(ts.cursor);
+            if let Some(decay) = cfg.ema {
+                let averaged = ckpt.join(EMA_FILE);
+                // A checkpoint without one (a run from before `ema` existed) starts it now.
+                let start = if averaged.is_file() { load_module(model.clone(), &averaged, &autodiff)? } else { model.clone() };
+                ema = Some(Ema::new(decay, &start));
+            }
             let mut ts = TrainerState { config: cfg.clone(), ..ts };
             if branched_from.is_some() {
                 // A branch is a new run: its best checkpoint is one of its own.
@@ -149,6 +157,9 @@ fn build(
             bad_steps: 0,
         },
     };
+    if ema.is_none() {
+        ema = cfg.ema.map(|decay| Ema::new(decay, &model));
+    }
     let config_json = serde_json::to_vec_pretty(&cfg).map_err(|e| Error::Data(e.to_string()))?;
     write_file_atomically(&run_dir.config_file(), &config_json)?;
     let metrics = Metrics::open(&run_dir, ts.step)?;
@@ -157,7 +168,7 @@ fn build(
         text => tokenizer.encode(text.as_bytes()),
     };
     let info = StartInfo { selected, resumed_from: resumed_from.map(|p| p.canonicalize().unwrap_or(p)), branched_from, data_log, debris_removed };
-    Ok((Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, eval, sample_prompt, model, opt, state, batcher, ts, metrics }, info))
+    Ok((Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, eval, sample_prompt, model, opt, ema, state, batcher, ts, metrics }, info))
 }
 
 /// Whether `precision` can train on the selected device.

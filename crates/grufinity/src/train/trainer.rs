@@ -16,6 +16,7 @@ use super::checkpoint::{self, module_tensors, CheckpointParts, TrainerState};
 use super::config::{OnNan, TrainConfig, MAX_BAD_STEPS};
 use super::eval::{evaluate, token_tensor, EvalResult};
 use super::events::{Event, OnEvent, Outcome};
+use super::ema::Ema;
 use super::histogram::Histogram;
 use super::metrics::{append_sample, Metrics};
 use super::optim::{accumulate_grads, clip_global_norm, params_finite, AdamW, GradMap, Schedule};
@@ -52,6 +53,8 @@ pub struct Run {
     pub(super) sample_prompt: Vec<u32>,
     pub(super) model: MinGruLm,
     pub(super) opt: AdamW,
+    /// The moving average of the weights, with `ema` on.
+    pub(super) ema: Option<Ema>,
     pub(super) state: State,
     pub(super) batcher: StreamBatcher,
     pub(super) ts: TrainerState,
@@ -293,6 +296,9 @@ impl Run {
             self.opt.step = step;
             return Ok(StepResult { loss, grad_norm: grad_norm as f64, epoch, bad: Some(f32::NAN) });
         }
+        if let Some(ema) = &mut self.ema {
+            ema.update(&self.model, self.opt.step);
+        }
         Ok(StepResult { loss, grad_norm: grad_norm as f64, epoch, bad: None })
     }
 
@@ -355,6 +361,7 @@ impl Run {
             model_meta: model_meta.into_iter().collect(),
             optimizer,
             state: self.state.to_host(),
+            ema: self.ema.as_ref().map(|e| module_tensors(&e.apply(self.model.valid()))),
             tokenizer: &self.tokenizer,
             trainer: &self.ts,
         };
@@ -368,8 +375,17 @@ impl Run {
 
     /// Validation loss with the state carried across chunks, or `None` when the caller asked
     /// to stop during it.
-    fn evaluate(&self, out: &mut Reporter<'_, '_>) -> Option<EvalResult> {
+    /// The weights evaluated, sampled and used for inference: the moving average when kept.
+    fn eval_model(&self) -> MinGruLm {
         let model = self.model.valid();
+        match &self.ema {
+            Some(ema) => ema.apply(model),
+            None => model,
+        }
+    }
+
+    fn evaluate(&self, out: &mut Reporter<'_, '_>) -> Option<EvalResult> {
+        let model = self.eval_model();
         let e = &self.eval;
         let (loss, count) = evaluate(&model, &self.cfg.model, &e.tokens, e.rows, self.cfg.chunk_len, 0, 0, &self.device, &mut |_, _| {
             out.keep_going("eval")
@@ -379,7 +395,7 @@ impl Run {
 
     /// A sample after the sample prompt, or `None` when the caller asked to stop during it.
     fn sample(&self, out: &mut Reporter<'_, '_>) -> Option<String> {
-        let model = self.model.valid();
+        let model = self.eval_model();
         let mut dec = Decoder::new(&model, &self.cfg.model, &self.device);
         dec.feed(&self.sample_prompt);
         let cfg = SamplingConfig { max_new_tokens: self.cfg.sample_tokens, seed: self.cfg.seed, ..Default::default() };
@@ -399,7 +415,7 @@ impl Run {
     /// Value histograms of every parameter and of each block's update gate over the first
     /// validation chunk.
     fn histograms(&self) -> Vec<Histogram> {
-        let model = self.model.valid();
+        let model = self.eval_model();
         let mut out: Vec<Histogram> = named_params(&model)
             .into_iter()
             .map(|(name, p)| Histogram::of(format!("weights/{name}"), &host_values(p.value)))
