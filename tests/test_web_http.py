@@ -4,6 +4,7 @@ under the root (no traversal, no symlinks out), caps, sessions, Stop, bad checkp
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -254,3 +255,18 @@ def test_cli_errors(tmp_path):
          "import sys; sys.modules['fastapi'] = None; from grufinity.cli import main; main(['serve'])"],
         capture_output=True, text=True, env=clean_env(), timeout=60)
     assert no_extra.stderr.strip() == "error: grufinity serve needs the web extra: pip install 'grufinity[web]'"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = serve(tmp_path, "--port", taken.getsockname()[1])
+    assert busy.returncode == 1 and "cannot listen on 127.0.0.1" in busy.stderr and "--port" in busy.stderr
+
+
+def test_exposure_warning():
+    from grufinity.cli.serve import exposure_warning, is_loopback
+
+    assert "WITHOUT --auth" in exposure_warning("0.0.0.0", None)
+    assert "HTTPS" in exposure_warning("0.0.0.0", "a:b")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        assert is_loopback(s)
