@@ -39,6 +39,7 @@ def listen(host: str, port: int) -> socket.socket:
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(128)  # connections wait in the backlog until uvicorn accepts them
     except OSError as e:
         fail(f"cannot listen on {host}:{port}: {e.strerror or e} (choose another --port or --host)")
     return sock
