@@ -1,6 +1,6 @@
 """Screenshots of the three views of ``grufinity serve`` for the README (docs/web-*.png).
 
-    python scripts/web_screenshots.py RUNS_DIR RUN [--out docs] [--prompt "ROMEO:"]
+    python scripts/web_screenshots.py RUNS_DIR RUN [--out docs] [--views generate,runs,inside]
 
 Starts ``grufinity serve RUNS_DIR`` on a free port, drives headless Chromium (Debian's
 ``chromium`` and ``chromium-driver``, with ``selenium``) through a conversation, the run's page and
@@ -51,56 +51,74 @@ def start_server(runs: str) -> tuple[subprocess.Popen, str]:
     raise SystemExit("grufinity serve did not start")
 
 
+def ready(driver, wait: WebDriverWait, url: str, view: str, run: str) -> None:
+    driver.get(url + "#" + view)
+    wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
+    Select(driver.find_element(By.ID, "run")).select_by_value(run)
+
+
+def shoot_generate(driver, wait: WebDriverWait, url: str, args: argparse.Namespace, out: Path) -> None:
+    """Three turns of one conversation (the timing chart then spans ~1,200 tokens of state)."""
+    ready(driver, wait, url, "generate", args.run)
+    for prompt, n in ((args.prompt, 400), ("\n\nJULIET:", 400), ("\n\nROMEO:", 400)):
+        box = driver.find_element(By.ID, "s-max_new_tokens")
+        box.clear()
+        box.send_keys(str(n))
+        driver.find_element(By.ID, "prompt").send_keys(prompt)
+        driver.find_element(By.ID, "send").click()
+        wait.until(lambda d: d.find_element(By.ID, "send").is_enabled())
+    driver.save_screenshot(str(out / "web-generate.png"))
+
+
+def shoot_runs(driver, wait: WebDriverWait, url: str, args: argparse.Namespace, out: Path) -> None:
+    ready(driver, wait, url, "runs", args.run)
+    item = f'#run-list li[data-run="{args.run}"]'
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, item))
+    driver.find_element(By.CSS_SELECTOR, item).click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-chart path.series"))
+    driver.save_screenshot(str(out / "web-runs.png"))
+
+
+def shoot_inside(driver, wait: WebDriverWait, url: str, args: argparse.Namespace, out: Path) -> None:
+    """The text coloured by the second layer's z, one token hovered."""
+    ready(driver, wait, url, "inside", args.run)
+    text = driver.find_element(By.ID, "inspect-text")
+    text.clear()
+    text.send_keys(INSIDE_TEXT)
+    driver.find_element(By.ID, "inspect").click()
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tokens .tok"))
+    radios = driver.find_elements(By.CSS_SELECTOR, "#colour-by input")
+    radios[min(2, len(radios) - 1)].click()
+    token = driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")[40]
+    webdriver.ActionChains(driver).move_to_element(token).perform()
+    time.sleep(0.3)
+    driver.save_screenshot(str(out / "web-inside.png"))
+
+
+SHOTS = {"generate": shoot_generate, "runs": shoot_runs, "inside": shoot_inside}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs")
     parser.add_argument("run")
     parser.add_argument("--out", default="docs")
     parser.add_argument("--prompt", default="ROMEO:")
+    parser.add_argument("--views", default="generate,runs,inside", help="comma-separated views to shoot")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    views = args.views.split(",")
     proc, url = start_server(args.runs)
     driver = browser(1440, 1080)
-    wait = WebDriverWait(driver, 60)
     try:
-        driver.get(url + "#generate")
-        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        Select(driver.find_element(By.ID, "run")).select_by_value(args.run)
-        for prompt, n in ((args.prompt, 300), ("\n\nJULIET:", 250)):
-            box = driver.find_element(By.ID, "s-max_new_tokens")
-            box.clear()
-            box.send_keys(str(n))
-            driver.find_element(By.ID, "prompt").send_keys(prompt)
-            driver.find_element(By.ID, "send").click()
-            wait.until(lambda d: d.find_element(By.ID, "send").is_enabled())
-        driver.save_screenshot(str(out / "web-generate.png"))
-
-        driver.get(url + "#runs")
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, f'#run-list li[data-run="{args.run}"]'))
-        driver.find_element(By.CSS_SELECTOR, f'#run-list li[data-run="{args.run}"]').click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#loss-chart path.series"))
-        driver.save_screenshot(str(out / "web-runs.png"))
-
-        driver.get(url + "#inside")
-        wait.until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-        Select(driver.find_element(By.ID, "run")).select_by_value(args.run)
-        text = driver.find_element(By.ID, "inspect-text")
-        text.clear()
-        text.send_keys(INSIDE_TEXT)
-        driver.find_element(By.ID, "inspect").click()
-        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#tokens .tok"))
-        radios = driver.find_elements(By.CSS_SELECTOR, "#colour-by input")
-        radios[min(2, len(radios) - 1)].click()
-        tok = driver.find_elements(By.CSS_SELECTOR, "#tokens .tok")[40]
-        webdriver.ActionChains(driver).move_to_element(tok).perform()
-        time.sleep(0.3)
-        driver.save_screenshot(str(out / "web-inside.png"))
+        for view in views:
+            SHOTS[view](driver, WebDriverWait(driver, 120), url, args, out)
     finally:
         driver.quit()
         proc.terminate()
         proc.wait(10)
-    print(f"saved {out}/web-generate.png, web-runs.png, web-inside.png")
+    print("saved " + ", ".join(str(out / f"web-{v}.png") for v in views))
 
 
 if __name__ == "__main__":

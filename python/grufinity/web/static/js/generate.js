@@ -112,7 +112,7 @@ function showSession(session) {
   $("gen-status").textContent = describe(session);
   $("timing-plot").replaceChildren(lineChart({
     title: "Time per generated token", id: "timing-chart", xLabel: "tokens in the state", yLabel: "ms / token",
-    yZero: true, series: [{ name: "ms/token", points: session.timeline, color: "#2f5fd0" }],
+    yZero: true, height: 200, series: [{ name: "ms/token", points: session.timeline, color: "#2f5fd0" }],
   }));
 }
 

@@ -1,6 +1,6 @@
 // Line charts as SVG: axes with a few round ticks, one path per series, a legend.
 const NS = "http://www.w3.org/2000/svg";
-const W = 560, H = 250, M = { left: 58, right: 14, top: 28, bottom: 36 };
+const W = 560, M = { left: 58, right: 14, top: 28, bottom: 36 };
 
 function svg(tag, attrs = {}, text) {
   const node = document.createElementNS(NS, tag);
@@ -25,9 +25,10 @@ function label(v) {
   return +v.toPrecision(4) + "";
 }
 
-// series: [{name, points: [[x, y], ...], color, dash}]; yZero: the y axis starts at 0.
-// Returns the <svg>.
-export function lineChart({ title, series, xLabel = "step", yLabel = "", id, yZero = false }) {
+// series: [{name, points: [[x, y], ...], color, dash}]; yZero: the y axis starts at 0; height
+// in the 560-wide drawing's units. Returns the <svg>.
+export function lineChart({ title, series, xLabel = "step", yLabel = "", id, yZero = false, height = 250 }) {
+  const H = height;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img" });
   if (id) root.id = id;
   root.append(svg("text", { x: M.left, y: 17, class: "title" }, title));
