@@ -202,7 +202,12 @@ def test_run_detail(port):
 
 
 def test_host_header_checked(port):
+    from grufinity.web.middleware import host_name
+
     assert call(port, "/api/runs", headers={"Host": "evil.example"}).status == 400
+    assert call(port, "/api/runs", headers={"Host": "127.0.0.1.evil.example:80"}).status == 400
+    assert call(port, "/api/runs", headers={"Host": f"localhost:{port}"}).status == 200
+    assert host_name(b"[::1]:7860") == "[::1]" and host_name(b"LocalHost:1") == "localhost"
 
 
 def test_auth_enforced(root):

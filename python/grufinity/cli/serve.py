@@ -102,4 +102,8 @@ def serve(runs: str, host: str, port: int, auth: Optional[str], device: Optional
     click.echo(f"serving {count} run{'s' if count != 1 else ''} under {catalog.root} on {resolved}")
     click.echo(f"open http://{shown}:{bound_port}/  (Ctrl-C stops)", color=False)
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, timeout_graceful_shutdown=2)
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled: stopping is normal here
+        pass
+    click.echo("stopped")

@@ -13,7 +13,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from .. import __version__
 from ..config import SAMPLING_KEYS
@@ -22,12 +21,9 @@ from .catalog import Catalog, one_line
 from .context import Context
 from .errors import WebError
 from .limits import Limits
-from .middleware import BasicAuth, BodyLimit, Headers, session_of
+from .middleware import BasicAuth, BodyLimit, Headers, LoopbackHost, session_of
 
 STATIC = Path(__file__).parent / "static"
-#: Host names a server on a loopback address answers to: other names are refused, so a web
-#: page elsewhere cannot reach it by pointing its own domain at 127.0.0.1 (DNS rebinding).
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 #: How the page shows each sampling key, where the core's schema leaves it open: the slider's
 #: range (the box next to it takes any value the core accepts) and which keys sit under "more".
 SLIDERS: dict[str, dict[str, Any]] = {
@@ -93,7 +89,7 @@ def create_app(root: str | Path, *, limits: Optional[Limits] = None, auth: Optio
     if auth is not None:
         app.add_middleware(BasicAuth, credentials=auth)
     if loopback_only:
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=LOOPBACK_NAMES)
+        app.add_middleware(LoopbackHost)
     return app
 
 

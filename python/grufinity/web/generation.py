@@ -89,7 +89,8 @@ class Generation:
         self.cancel = threading.Event()
         self.start_tokens = session.tokens_seen
         self.prompt_tokens = len(model.encode(prompt)) if prompt else 0
-        self.times: list[float] = []
+        # Piece times: first, last, and the start of the current timeline window.
+        self.pieces, self.first, self.last, self.window = 0, 0.0, 0.0, 0.0
 
     def start(self) -> None:
         threading.Thread(target=self._work, name="grufinity-generate", daemon=True).start()
@@ -97,15 +98,20 @@ class Generation:
     def _on_piece(self, piece: bytes) -> bool:
         if self.cancel.is_set():
             return False
-        self.times.append(time.perf_counter())
+        now = time.perf_counter()
+        if self.pieces == 0:
+            self.first = self.window = now
+        self.pieces += 1
+        self.last = now
         try:
             self.channel.put(("text", piece))
         except RuntimeError:  # the server is shutting down
             return False
-        n = len(self.times)
-        if n % WINDOW == 0:  # per-token time over the last window, at this context length
-            ms = 1000 * (self.times[-1] - self.times[-WINDOW]) / (WINDOW - 1)
-            self.session.add_timing(self.start_tokens + self.prompt_tokens + n, ms)
+        if self.pieces % WINDOW == 0:  # per-token time over the last window, at this context length
+            steps = WINDOW - 1 if self.pieces == WINDOW else WINDOW  # the first window starts at a piece
+            self.session.add_timing(self.start_tokens + self.prompt_tokens + self.pieces,
+                                    1000 * (now - self.window) / steps)
+            self.window = now
         return True
 
     def _work(self) -> None:
@@ -135,14 +141,13 @@ class Generation:
         the last piece (after the prompt went through), prompt time before the first piece."""
         t1 = time.perf_counter()
         generated = max(0, state.tokens_seen - self.start_tokens - self.prompt_tokens)
-        n = len(self.times)
-        per_token = 1000 * (self.times[-1] - self.times[0]) / (n - 1) if n > 1 else None
+        per_token = self._ms_per_token()
         return {
             "finish": state.finish,
             "generated": generated,
             "prompt_tokens": self.prompt_tokens,
-            "prompt_ms": round(1000 * ((self.times[0] if self.times else t1) - t0), 3),
-            "ms_per_token": None if per_token is None else round(per_token, 4),
+            "prompt_ms": round(1000 * ((self.first if self.pieces else t1) - t0), 3),
+            "ms_per_token": per_token,
             "total_ms": round(1000 * (t1 - t0), 3),
             "tokens_seen": state.tokens_seen,
         }
@@ -182,11 +187,14 @@ class Generation:
             if not finished:
                 self.cancel.set()
 
+    def _ms_per_token(self) -> Optional[float]:
+        """Between the first piece and the last: the time of the steps, not of the prompt."""
+        n = self.pieces
+        return round(1000 * (self.last - self.first) / (n - 1), 4) if n > 1 else None
+
     def _progress(self, text: str) -> dict[str, Any]:
-        n, times = len(self.times), self.times
-        ms: Optional[float] = 1000 * (times[-1] - times[0]) / (n - 1) if n > 1 else None
-        return {"type": "text", "text": text, "pieces": n, "ms_per_token": None if ms is None else round(ms, 4),
-                "tokens_seen": self.start_tokens + self.prompt_tokens + n}
+        return {"type": "text", "text": text, "pieces": self.pieces, "ms_per_token": self._ms_per_token(),
+                "tokens_seen": self.start_tokens + self.prompt_tokens + self.pieces}
 
 
 def line(obj: dict[str, Any]) -> bytes:

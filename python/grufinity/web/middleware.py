@@ -1,5 +1,5 @@
-"""Plain ASGI middleware that every request goes through before the routes: HTTP Basic auth,
-a cap on request bodies, JSON-only POSTs, response headers that keep the page to itself, and
+"""Plain ASGI middleware that every request goes through before the routes: the Host check of
+a loopback server, HTTP Basic auth, a cap on request bodies, JSON-only POSTs, response headers that keep the page to itself, and
 the session header."""
 
 from __future__ import annotations
@@ -64,6 +64,29 @@ class BasicAuth:
         except (binascii.Error, ValueError):
             return False
         return secrets.compare_digest(given, self.expected)
+
+
+def host_name(value: bytes) -> str:
+    """The name in a Host header, without the port: ``[::1]:7860`` → ``[::1]``."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[: text.find("]") + 1] if "]" in text else text
+    return text.split(":")[0]
+
+
+class LoopbackHost:
+    """Answers only requests addressed to a loopback name (for a server bound to one): a page
+    elsewhere that points its own domain at 127.0.0.1 (DNS rebinding) is refused."""
+
+    NAMES = ("127.0.0.1", "localhost", "[::1]")
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or host_name(header(scope, b"host") or b"") in self.NAMES:
+            return await self.app(scope, receive, send)
+        await answer(send, 400, "this server answers only requests addressed to 127.0.0.1 or localhost")
 
 
 class BodyLimit:

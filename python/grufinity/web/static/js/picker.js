@@ -22,20 +22,24 @@ export function pick(run, checkpoint = "best") {
 
 function changed() { window.dispatchEvent(new Event("model-picked")); }
 
+// Replaces the options of a <select> only when they changed (the runs view refreshes the list
+// every few seconds; rebuilding an open menu would close it under the user's pointer).
+function setOptions(select, names) {
+  if ([...select.options].map((o) => o.value).join("\n") === names.join("\n")) return;
+  const current = select.value;
+  select.replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
+  if (names.includes(current)) select.value = current;
+}
+
 function fillCheckpoints() {
   const run = runList.find((r) => r.name === $("run").value);
-  const names = ["best", "last", ...(run ? [...run.checkpoints].reverse() : [])];
-  const current = $("checkpoint").value;
-  $("checkpoint").replaceChildren(...names.map((n) => el("option", { value: n, text: n })));
-  if (names.includes(current)) $("checkpoint").value = current;
+  setOptions($("checkpoint"), ["best", "last", ...(run ? [...run.checkpoints].reverse() : [])]);
 }
 
 // Reads the list of runs again (new runs, new checkpoints), keeping the choice.
 export async function refresh() {
   runList = await api("/api/runs");
-  const current = $("run").value;
-  $("run").replaceChildren(...runList.map((r) => el("option", { value: r.name, text: r.name })));
-  if (runList.some((r) => r.name === current)) $("run").value = current;
+  setOptions($("run"), runList.map((r) => r.name));
   fillCheckpoints();
   return runList;
 }
