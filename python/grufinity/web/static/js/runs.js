@@ -12,6 +12,7 @@ const CONFIG_KEYS = ["data_description", "tokenizer", "vocab_size", "params", "b
 let selected = null;
 let shown = false;
 let timer = null;
+let listed = "";  // the list as last drawn: redrawn only when it changed
 
 function summary(run) {
   const meta = run.error ? run.error
@@ -25,6 +26,9 @@ function summary(run) {
 
 async function listRuns() {
   const runs = await picker.refresh();
+  const drawn = JSON.stringify([selected, runs]);
+  if (drawn === listed) return runs;
+  listed = drawn;
   $("run-list").replaceChildren(...runs.map(summary));
   if (runs.length === 0) $("run-list").append(el("li", { class: "placeholder", text: "No runs yet." }));
   return runs;
