@@ -24,6 +24,7 @@ from .errors import (
     DeviceError,
     GrufinityError,
     GrufinityIOError,
+    MissingExtraError,
     RunBusyError,
     TrainingDivergedError,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "runs",
     "GrufinityError",
     "ConfigError",
+    "MissingExtraError",
     "DataError",
     "DataNotFoundError",
     "CheckpointError",

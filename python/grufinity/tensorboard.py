@@ -24,7 +24,8 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import ConfigError
+from .errors import MissingExtraError
+from .extras import has
 from .text import printable
 
 #: Scalars of step and eval events: event key -> tag.
@@ -49,17 +50,14 @@ MISSING = "tensorboard = true needs the TensorBoard writer: pip install 'grufini
 
 def available() -> bool:
     """Whether the writer (tensorboardX) is installed."""
-    try:
-        import tensorboardX  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return has("tensorboardX")
 
 
 def require() -> None:
-    """Raises a one-line ConfigError naming the extra when the writer is missing."""
+    """Raises a one-line MissingExtraError (a ConfigError) naming the extra when the writer is
+    missing."""
     if not available():
-        raise ConfigError(MISSING)
+        raise MissingExtraError(MISSING)
 
 
 def log_dir(run_dir: str | Path) -> Path:

@@ -48,6 +48,6 @@ def main(debug: bool) -> None:
 
 
 # Each module adds its commands to `main`.
-from . import generate, inspect, train  # noqa: E402,F401
+from . import compare, generate, inspect, plot, sweep, train  # noqa: E402,F401
 
 __all__ = ["main", "fail"]
