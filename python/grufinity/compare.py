@@ -14,9 +14,9 @@ import json
 from typing import Any, Sequence
 
 from .cli.options import fmt_time
-from .config import KEYS
+from .config import KEYS, LOCATION_KEYS
 from .errors import ConfigError
-from .runs import LOCATION_KEYS, Run, labels
+from .runs import Run, labels
 
 #: The figures of each run: summary key -> column title.
 SUMMARY = {

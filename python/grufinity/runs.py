@@ -19,10 +19,9 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import _grufinity
+from .config import LOCATION_KEYS
 from .errors import CheckpointError, DataNotFoundError
 
-#: Config keys that say where a run is rather than what it is: never a difference between runs.
-LOCATION_KEYS = ("out_dir", "name", "resume", "data_description")
 
 
 @dataclass
@@ -84,16 +83,12 @@ class Run:
         return out
 
     def train_config(self, **overrides: Any) -> Any:
-        """A :class:`grufinity.TrainConfig` that trains this run again from scratch (same
-        settings and seed), updated with ``overrides``; give a new ``name`` (or ``out_dir``) so
-        that it does not collide with this run."""
-        from .config import KEYS, TrainConfig
+        """A :class:`grufinity.TrainConfig` that trains this run again from scratch: its
+        settings and seed, not its place (default ``out_dir``, a new name), updated with
+        ``overrides``."""
+        from .config import TrainConfig, from_run_config
 
-        names = {k["name"] for k in KEYS}
-        values = {k: v for k, v in self.flat_config().items() if k in names}
-        values["resume"] = None
-        values.update(overrides)
-        return TrainConfig(**values)
+        return TrainConfig(**{**from_run_config(self.config), **overrides})
 
     def summary(self) -> dict[str, Any]:
         """The figures that tell runs apart: best validation loss (nats/token) and its bits per
