@@ -191,3 +191,20 @@ def test_ctrl_c_stops_the_trial_with_a_checkpoint(tmp_path, corpus):
     assert t.state == TrialState.FAIL and t.user_attrs["error"].startswith("interrupted at step")
     run = runs.load(t.user_attrs["run_dir"])
     assert run.checkpoints[-1]["step"] == run.last_step
+
+
+def test_report_before_any_sweep_is_one_line(tmp_path, corpus):
+    spec = write_spec(tmp_path / "r.toml", corpus, ["lr = [1e-3, 1e-2]"])
+    assert "run the sweep first" in assert_clean_error(run_cli("sweep", spec, "--report", "--dir", tmp_path / "none"))
+    assert not (tmp_path / "none").exists()
+
+
+def test_a_study_refuses_another_spec(tmp_path, corpus):
+    first = sweep.load(write_spec(tmp_path / "s.toml", corpus, ["lr = [1e-3, 1e-2]"]))
+    sweep.Sweep.create(first, directory=tmp_path / "sw").study(create=True)
+    # Logging and device may change between runs of a sweep; what decides results may not.
+    same = sweep.load(write_spec(tmp_path / "s.toml", corpus, ["lr = [1e-3, 1e-2]"], log_every=1, device="auto"))
+    sweep.Sweep.create(same, directory=tmp_path / "sw").study()
+    other = sweep.load(write_spec(tmp_path / "s.toml", corpus, ["lr = [1e-3, 3e-3]"], max_steps=30))
+    with pytest.raises(grufinity.ConfigError, match=r"another spec \(max_steps, \[sweep\] lr differ\)"):
+        sweep.Sweep.create(other, directory=tmp_path / "sw").study()

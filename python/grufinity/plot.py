@@ -117,6 +117,7 @@ def figure(
     the learning rate; validation metrics are drawn as measured, with markers."""
     require("matplotlib", "plot", "plotting")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import EngFormatter
 
     _check(runs, metrics, x, yscale)
     if not 0 <= smoothing < 1:
@@ -151,6 +152,8 @@ def figure(
             ax.set_yscale("log")
         ax.set_title(LABELS.get(metric, metric))
         ax.set_xlabel(xlabel)
+        if x == "tokens":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))  # 200k, 1.4M rather than a 1e6 offset
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize="small")
     if title:

@@ -50,6 +50,10 @@ SETTINGS: dict[str, tuple[type, Any, tuple[str, ...], str]] = {
 #: Training keys each trial gets from the sweep (its directory and name).
 SET_BY_SWEEP = ("out_dir", "name", "resume")
 
+#: Training keys that say where and how visibly a trial runs, not what it finds.
+NOT_RESULTS = ("device", "cache_dir", "tensorboard", "log_every", "save_every", "keep_last", "sample_prompt",
+               "sample_tokens")
+
 _KINDS = {k["name"]: k["kind"] for k in KEYS}
 _RANGE_KEYS = ("low", "high", "log", "step")
 
@@ -106,9 +110,11 @@ class Spec:
         return TrainConfig(**{**self.config, **params, "out_dir": str(out_dir), "name": name})
 
     def fingerprint(self) -> dict[str, Any]:
-        """What makes trials of two runs of the sweep comparable: the shared config and the
-        search space (not the number of trials, storage or directory)."""
-        return json.loads(json.dumps({"config": self.config, "space": {k: s.describe() for k, s in self.space.items()}}))
+        """What makes trials of two runs of the sweep comparable: the search space and the
+        shared settings that change results (not the device, logging or the number of trials,
+        so a study may continue on another machine)."""
+        config = {k: v for k, v in self.config.items() if k not in NOT_RESULTS}
+        return json.loads(json.dumps({"config": config, "space": {k: s.describe() for k, s in self.space.items()}}))
 
 
 def load(path: str | Path) -> Spec:

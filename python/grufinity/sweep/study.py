@@ -119,12 +119,14 @@ class Sweep:
 
     # ------------------------------------------------------------------ storage and study
 
-    def _storage(self) -> Any:
+    def _storage(self, create: bool) -> Any:
         optuna = require("optuna", "sweep", "grufinity sweep")
         import sqlalchemy.exc
 
         kwargs: dict[str, Any] = {}
         if self.storage.startswith("sqlite"):
+            if not create and self.storage == sqlite_url(self.directory) and not (self.directory / "study.db").is_file():
+                raise ConfigError(f"no sweep in {self.directory} (no study.db): run the sweep first")
             self.directory.mkdir(parents=True, exist_ok=True)
             # Workers wait for each other's writes instead of failing with "database is locked".
             kwargs = {"connect_args": {"timeout": 60}}
@@ -188,7 +190,7 @@ class Sweep:
         spec (shared config or search space) is refused, so its trials stay comparable."""
         import optuna
 
-        storage = self._storage()
+        storage = self._storage(create)
         args = dict(study_name=self.name, storage=storage, pruner=self._pruner())
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **args)
@@ -206,6 +208,17 @@ class Sweep:
             raise ConfigError(f"study {self.name!r} in {shown_url(self.storage)} was made from another spec "
                               f"({_spec_change(saved, fingerprint)}); give another --study or restore the spec")
         return study
+
+    def preflight(self) -> None:
+        """Fails now, not once per trial, on what every trial would fail on: missing data, or
+        TensorBoard asked for without its writer."""
+        from .. import corpus, tensorboard
+
+        data = self.spec.config.get("data")
+        if data:
+            corpus.resolve([data] if isinstance(data, str) else data)
+        if self.spec.config.get("tensorboard"):
+            tensorboard.require()
 
     def counts(self, study: Any) -> tuple[int, int]:
         """(finished, running) trials: finished are complete or pruned."""

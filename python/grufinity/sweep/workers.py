@@ -33,6 +33,7 @@ def quiet_optuna() -> None:
 def run(sweep: Sweep, workers: int = 1, log: Log = echo, enqueue: Iterable[dict[str, Any]] = ()) -> Any:
     """Creates or continues the study, queues ``enqueue`` (parameter dicts to try first, once
     each), and trains until it holds ``sweep.trials`` finished trials; returns the study."""
+    sweep.preflight()
     study = sweep.study(create=True)
     sweep.check_directory(study)
     for params in enqueue:
