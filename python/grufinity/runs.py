@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import _grufinity
-from .config import LOCATION_KEYS
 from .errors import CheckpointError, DataNotFoundError
 
 

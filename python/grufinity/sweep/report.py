@@ -22,9 +22,9 @@ PLOTS = {
 def summary(sweep: Sweep, top: int = 5) -> dict[str, Any]:
     """``{"study", "storage", "directory", "counts": {state: n}, "best": [trial dicts]}``; each
     trial dict holds number, value, params, steps and run_dir (complete trials, best first)."""
+    study = sweep.study()  # first: it says which extra is missing
     from optuna.trial import TrialState
 
-    study = sweep.study()
     trials = study.get_trials(deepcopy=False)
     counts: dict[str, int] = {}
     for t in trials:

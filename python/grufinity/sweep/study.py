@@ -188,9 +188,9 @@ class Sweep:
     def study(self, create: bool = False, worker: int = 0) -> Any:
         """The Optuna study (created when ``create`` and missing). A study made from another
         spec (shared config or search space) is refused, so its trials stay comparable."""
+        storage = self._storage(create)  # first: it says which extra is missing
         import optuna
 
-        storage = self._storage(create)
         args = dict(study_name=self.name, storage=storage, pruner=self._pruner())
         if create:
             study = optuna.create_study(direction="minimize", load_if_exists=True, **args)
