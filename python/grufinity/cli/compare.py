@@ -9,9 +9,19 @@ from ..extras import has
 from . import main
 
 
+def print_rich(renderable: object) -> None:
+    """Prints a rich table on stdout; piped, at its natural width rather than squeezed into
+    80 columns."""
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    if not console.is_terminal:
+        console = Console(highlight=False, width=100_000)
+    console.print(renderable)
+
+
 def print_table(result: dict) -> None:
     """The comparison as a rich table on stdout: differing settings, then the figures."""
-    from rich.console import Console
     from rich.table import Table
 
     from .. import compare as compare_mod
@@ -24,10 +34,7 @@ def print_table(result: dict) -> None:
                          no_wrap=figure, overflow="fold")
     for row in compare_mod.rows(result):
         table.add_row(*row)
-    console = Console(highlight=False)
-    if not console.is_terminal:  # piped: the table at its natural width, not squeezed to 80 columns
-        console = Console(highlight=False, width=100_000)
-    console.print(table)
+    print_rich(table)
 
 
 @main.command(context_settings={"max_content_width": 110})

@@ -10,6 +10,7 @@ import click
 
 from ..extras import has
 from . import main
+from .compare import print_rich
 
 EXAMPLE = """\b
 spec (a training config plus a [sweep] table):
@@ -36,16 +37,16 @@ def _interrupted(sweep: Any) -> None:
 
 
 def print_summary(result: dict[str, Any]) -> None:
+    from ..sweep.study import params_text
+
     counts = ", ".join(f"{n} {state}" for state, n in sorted(result["counts"].items())) or "no trials"
     click.echo(f"study {result['study']!r} in {result['storage']}: {counts}")
     if not result["best"]:
         return
     head = ["trial", "best val loss", "steps", "parameters", "run directory"]
-    rows = [[str(t["number"]), f"{t['value']:.4f}", str(t["steps"] or "-"),
-             ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in t["params"].items()),
+    rows = [[str(t["number"]), f"{t['value']:.4f}", str(t["steps"] or "-"), params_text(t["params"]),
              t["run_dir"] or "-"] for t in result["best"]]
     if has("rich"):
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title="best trials", title_justify="left")
@@ -53,10 +54,7 @@ def print_summary(result: dict[str, Any]) -> None:
             table.add_column(h, justify="right" if i < 3 else "left", overflow="fold")
         for row in rows:
             table.add_row(*row)
-        console = Console(highlight=False)
-        if not console.is_terminal:
-            console = Console(highlight=False, width=100_000)
-        console.print(table)
+        print_rich(table)
     else:
         click.echo("best trials:")
         for row in rows:

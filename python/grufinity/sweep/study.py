@@ -21,7 +21,7 @@ from typing import Any, Callable, Optional
 
 from ..errors import ConfigError, GrufinityError, GrufinityIOError, MissingExtraError, TrainingDivergedError
 from ..extras import has, require
-from .spec import Spec
+from .spec import NOT_RESULTS, Spec
 
 #: Consecutive failed trials after which a worker stops (a broken spec or disk, not bad luck).
 MAX_FAILURES = 3
@@ -95,7 +95,8 @@ class _AskLock:
 @dataclass
 class Sweep:
     """One sweep: its spec, study name, directory, storage URL and target number of finished
-    trials. Build it with :meth:`create`, then :meth:`run` it or read its :meth:`study`."""
+    trials. Build it with :meth:`create`, run it with :func:`grufinity.sweep.run`, read it
+    with :meth:`study` or :func:`grufinity.sweep.summary`."""
 
     spec: Spec
     name: str
@@ -204,9 +205,11 @@ class Sweep:
         saved = study.user_attrs.get("spec")
         if saved is None and create:
             study.set_user_attr("spec", fingerprint)
-        elif saved is not None and saved != fingerprint:
+        changed = _spec_changes(saved, fingerprint) if saved is not None else []
+        if changed:
             raise ConfigError(f"study {self.name!r} in {shown_url(self.storage)} was made from another spec "
-                              f"({_spec_change(saved, fingerprint)}); give another --study or restore the spec")
+                              f"({', '.join(changed)} differ{'s' * (len(changed) == 1)}); "
+                              "give another --study or restore the spec")
         return study
 
     def preflight(self) -> None:
@@ -284,11 +287,12 @@ class Sweep:
                 failures = 0
 
 
-def _spec_change(saved: dict[str, Any], now: dict[str, Any]) -> str:
-    changed = [k for k in sorted(set(saved["config"]) | set(now["config"])) if saved["config"].get(k) != now["config"].get(k)]
-    changed += [f"[sweep] {k}" for k in sorted(set(saved["space"]) | set(now["space"]))
-                if saved["space"].get(k) != now["space"].get(k)]
-    return ", ".join(changed) + (" differ" if len(changed) > 1 else " differs")
+def _spec_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ between two spec fingerprints (:meth:`Spec.fingerprint`)."""
+    old_config = {k: v for k, v in saved["config"].items() if k not in NOT_RESULTS}
+    changed = [k for k in sorted(set(old_config) | set(now["config"])) if old_config.get(k) != now["config"].get(k)]
+    return changed + [f"[sweep] {k}" for k in sorted(set(saved["space"]) | set(now["space"]))
+                      if saved["space"].get(k) != now["space"].get(k)]
 
 
 def _objective(sweep: Sweep, log: Log, lock: _AskLock) -> Callable[[Any], float]:
