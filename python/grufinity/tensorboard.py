@@ -101,11 +101,11 @@ class TensorBoardLogger:
         return self.requested or bool(saved)
 
     def _open(self, e: dict[str, Any]) -> None:
-        from tensorboardX import SummaryWriter
-
         run_dir = Path(e["run_dir"])
         if not self._enabled(run_dir):
             return
+        from tensorboardX import SummaryWriter  # only now: runs without TensorBoard need no writer
+
         # Every session starts with a restart marker (SessionLog.START) at the first step it
         # trains: TensorBoard takes a run's first marker as its beginning and each later one as
         # a restart, dropping what an earlier process logged from that step on (past the

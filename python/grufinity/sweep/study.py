@@ -309,7 +309,6 @@ def _objective(sweep: Sweep, log: Log, lock: _AskLock) -> Callable[[Any], float]
         trial.set_user_attr("run_dir", str(sweep.directory / name))
         trial.set_user_attr("host", socket.gethostname())
         log(f"trial {trial.number}: {params_text(params)} -> {sweep.directory / name}")
-        config = sweep.spec.trial_config(params, sweep.directory, name)
         seen: dict[str, Any] = {}
 
         def on_event(e: dict[str, Any]) -> bool:
@@ -327,7 +326,7 @@ def _objective(sweep: Sweep, log: Log, lock: _AskLock) -> Callable[[Any], float]
             return True
 
         try:
-            train(config, on_event)
+            train(sweep.spec.trial_config(params, sweep.directory, name), on_event)
         except TrainingDivergedError as e:
             # A diverged trial is a result (this region is bad), not a broken worker: pruned.
             trial.set_user_attr("diverged", str(e))
