@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import _grufinity
-from .errors import CheckpointError, DataNotFoundError
+from .errors import CheckpointError, DataNotFoundError, MissingExtraError
 
 
 
@@ -56,8 +56,10 @@ class Run:
 
     def dataframe(self) -> Any:
         """The metrics as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
-
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtraError("Run.dataframe() needs pandas: pip install pandas") from None
         return pd.DataFrame(self.metrics)
 
     @property
