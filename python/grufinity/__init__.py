@@ -11,9 +11,10 @@ Quick start::
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Optional
 
-from . import _grufinity, corpus, devices, runs
+from . import _grufinity, corpus, devices, runs, tensorboard
 from .config import TrainConfig
 from .errors import (
     CheckpointError,
@@ -23,6 +24,7 @@ from .errors import (
     DeviceError,
     GrufinityError,
     GrufinityIOError,
+    MissingExtraError,
     RunBusyError,
     TrainingDivergedError,
 )
@@ -43,6 +45,9 @@ def train(
 
     ``config.resume``: ``"auto"`` continues ``out_dir/name`` if it has a checkpoint, a path
     continues that run or checkpoint. Without ``data``, a new run trains on the built-in corpus.
+
+    ``config.tensorboard`` (or a resumed run that had it on) also writes TensorBoard logs to
+    ``<run_dir>/tensorboard`` (:mod:`grufinity.tensorboard`; needs the ``tensorboard`` extra).
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"invalid argument `config`: must be a grufinity.TrainConfig, got {type(config).__name__}")
@@ -61,13 +66,22 @@ def train(
         values["data"] = [str(f) for f in files]
         values["data_description"] = values["data_description"] or corpus.describe(files)
 
+    logger = tensorboard.TensorBoardLogger(requested=values["tensorboard"])
+
     def callback(event: dict[str, Any]) -> bool:
         if event["event"] == "start" and auto:
             event["device_reason"] = "auto: " + event["device_reason"]
             event["device_skipped"] = [list(s) for s in skipped] + event.get("device_skipped", [])
+        logger(event)
+        if logger.warning:
+            warnings.warn(logger.warning, RuntimeWarning, stacklevel=3)
+            logger.warning = None
         return on_event is None or on_event(event) is not False
 
-    return _grufinity.train(values, callback)
+    try:
+        return _grufinity.train(values, callback)
+    finally:
+        logger.close()
 
 
 __all__ = [
@@ -79,6 +93,7 @@ __all__ = [
     "runs",
     "GrufinityError",
     "ConfigError",
+    "MissingExtraError",
     "DataError",
     "DataNotFoundError",
     "CheckpointError",

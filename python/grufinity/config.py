@@ -10,6 +10,7 @@ and the value.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -117,12 +118,42 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
 
 
+#: Keys that say where a run is, not how it trains.
+LOCATION_KEYS = ("out_dir", "name", "resume", "data_description")
+
+
+def from_run_config(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The training keys of a run's ``config.json`` (architecture under ``model``), without
+    where the run is: what trains the same run again (give it a name)."""
+    out = {}
+    for key in KEYS:
+        source = resolved.get(key["section"], {}) if key["section"] else resolved
+        if key["name"] in source and key["name"] not in LOCATION_KEYS:
+            out[key["name"]] = source[key["name"]]
+    return out
+
+
+def load_file(path: str | Path) -> dict[str, Any]:
+    """The keys of a TOML config file, or of a run's ``config.json`` (see
+    :func:`from_run_config`)."""
+    p = Path(path)
+    if p.suffix != ".json":
+        return load_toml(p)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        return from_run_config(json.loads(p.read_text(encoding="utf-8")))
+    except (ValueError, AttributeError) as e:
+        raise ConfigError(f"config file {path} is not a run's config.json: {e}") from None
+
+
 def build(overrides: dict[str, Any], config_file: Optional[str | Path] = None) -> Any:
-    """A :class:`TrainConfig` from the defaults, then the TOML file, then ``overrides`` (CLI
-    flags): later wins. An error in the file names the file."""
+    """A :class:`TrainConfig` from the defaults, then the config file (TOML, or a run's
+    config.json), then ``overrides`` (CLI flags): later wins. An error in the file names the
+    file."""
     values: dict[str, Any] = {}
     if config_file:
-        values.update(load_toml(config_file))
+        values.update(load_file(config_file))
         try:
             TrainConfig(**values)
         except ConfigError as e:

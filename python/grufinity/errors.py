@@ -10,6 +10,10 @@ class ConfigError(GrufinityError, ValueError):
     """A configuration value is invalid (the message names the key)."""
 
 
+class MissingExtraError(ConfigError, ImportError):
+    """A feature needs an optional extra that is not installed (the message says which)."""
+
+
 class DataError(GrufinityError, ValueError):
     """The corpus or input text cannot be used as given."""
 
@@ -41,6 +45,7 @@ class GrufinityIOError(GrufinityError, OSError):
 __all__ = [
     "GrufinityError",
     "ConfigError",
+    "MissingExtraError",
     "DataError",
     "DataNotFoundError",
     "CheckpointError",

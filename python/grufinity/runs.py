@@ -3,18 +3,24 @@ comparisons, dashboards and notebooks.
 
 >>> run = grufinity.runs.load("runs/shakespeare")
 >>> run.best_val_loss, run.metrics[-1]
+>>> grufinity.train(run.train_config(name="again"))   # the same run once more
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import math
+import statistics
+import struct
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from . import _grufinity
-from .errors import CheckpointError, DataNotFoundError
+from .errors import CheckpointError, DataNotFoundError, MissingExtraError
+
 
 
 @dataclass
@@ -50,9 +56,69 @@ class Run:
 
     def dataframe(self) -> Any:
         """The metrics as a pandas DataFrame (needs pandas)."""
-        import pandas as pd
-
+        try:
+            import pandas as pd
+        except ImportError:
+            raise MissingExtraError("Run.dataframe() needs pandas: pip install pandas") from None
         return pd.DataFrame(self.metrics)
+
+    @property
+    def num_params(self) -> Optional[int]:
+        """Parameters of the model, from the newest checkpoint's weights file (its header only)."""
+        if not self.checkpoints:
+            return None
+        return _count_params(Path(self.checkpoints[-1]["path"]) / "model.safetensors")
+
+    def flat_config(self) -> dict[str, Any]:
+        """The config as one level of training keys (those of :class:`grufinity.TrainConfig`);
+        what is not a training key, such as the model's resolved vocabulary size, keeps its
+        section as a prefix (``model.vocab_size``)."""
+        from .config import KEYS
+
+        model_keys = {k["name"] for k in KEYS if k["section"] == "model"}
+        out = {k: v for k, v in self.config.items() if not isinstance(v, dict)}
+        for section, values in self.config.items():
+            if isinstance(values, dict):
+                for k, v in values.items():
+                    out[k if section == "model" and k in model_keys else f"{section}.{k}"] = v
+        return out
+
+    def train_config(self, **overrides: Any) -> Any:
+        """A :class:`grufinity.TrainConfig` that trains this run again from scratch: its
+        settings and seed, not its place (default ``out_dir``, a new name), updated with
+        ``overrides``."""
+        from .config import TrainConfig, from_run_config
+
+        return TrainConfig(**{**from_run_config(self.config), **overrides})
+
+    def summary(self) -> dict[str, Any]:
+        """The figures that tell runs apart: best validation loss (nats/token) and its bits per
+        byte, parameters, median training tokens/s, wall time (s), steps and tokens."""
+        evals = [m for m in self.of("eval") if m.get("val_loss") is not None]
+        best = min(evals, key=lambda m: m["val_loss"]) if evals else None
+        speeds = [m["tokens_per_sec"] for m in self.of("step") if m.get("tokens_per_sec")]
+        last = self.metrics[-1] if self.metrics else {}
+        return {
+            "best_val_loss": best["val_loss"] if best else None,
+            "best_val_bpb": best.get("val_bpb") if best else None,
+            "params": self.num_params,
+            "tokens_per_sec": statistics.median(speeds) if speeds else None,
+            "wall_time": last.get("elapsed"),
+            "steps": self.last_step,
+            "tokens": last.get("tokens"),
+        }
+
+
+def _count_params(weights: Path) -> Optional[int]:
+    # A safetensors file starts with the length of its JSON header, which lists every tensor's
+    # shape: counting from it needs no model and no reading of the weights.
+    try:
+        with weights.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, struct.error):
+        return None
+    return sum(math.prod(t["shape"]) for name, t in header.items() if name != "__metadata__")
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -114,3 +180,26 @@ def find(root: str | PathLike[str]) -> list[Path]:
     if not r.is_dir():
         return []
     return sorted(c for c in r.iterdir() if c.is_dir() and not c.name.startswith(".") and is_run(c))
+
+
+def expand(patterns: Iterable[str | PathLike[str]]) -> list[Path]:
+    """The run directories that ``patterns`` name, in order and each once: a run directory, a
+    directory of runs (its runs), or a glob of either (``runs/lr-*``). A pattern that names no
+    run is a DataNotFoundError."""
+    out: list[Path] = []
+    for pattern in patterns:
+        text = str(pattern)
+        matches = sorted(glob.glob(text)) if glob.has_magic(text) else [text]
+        found = [run for m in matches for run in find(m)]
+        if not found:
+            raise DataNotFoundError(f"{text}: no run directory {'matches' if glob.has_magic(text) else 'there'}")
+        out += [r for r in found if r not in out]
+    return out
+
+
+def labels(runs: Iterable[Run]) -> list[str]:
+    """Names to show for ``runs``: their names, or their paths when names repeat (the trials of
+    two sweeps)."""
+    runs = list(runs)
+    names = [r.name for r in runs]
+    return names if len(set(names)) == len(names) else [str(r.path) for r in runs]

@@ -18,7 +18,8 @@ from .options import given, options
 @main.command(context_settings={"max_content_width": 110})
 @click.argument("data", nargs=-1)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file of settings (any key below, dashes as underscores); flags override it.")
+              help="TOML file of settings (any key below, dashes as underscores), or a run's config.json to "
+                   "train that run again; flags override it.")
 @options(config_mod.KEYS, skip=["data"])
 @click.option("--progress", type=click.Choice(progress_mod.MODES), default="auto", show_default=True,
               help="Progress display: a live bar (with the rich extra) on a terminal, plain lines, JSON lines, "
