@@ -3,7 +3,7 @@
 
 use burn::tensor::Device;
 use grufinity::generate::SamplingConfig;
-use grufinity::model::host::WeightDtype;
+use grufinity::model::quant::WeightDtype;
 use grufinity::train::{train, Event, TrainConfig};
 use grufinity::Loaded;
 

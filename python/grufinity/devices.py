@@ -14,7 +14,10 @@ import signal
 import subprocess
 import sys
 
+from typing import Optional
+
 from . import _grufinity
+from .config import key
 from .errors import DeviceError
 
 _PROBE = "import sys, grufinity._grufinity as g; print(g.select_device(sys.argv[1])[1])"
@@ -43,10 +46,12 @@ def probe(request: str, timeout: float = 120.0) -> tuple[bool, str]:
     return False, last.split(marker, 1)[1] if marker in last else last
 
 
-def resolve(request: str) -> tuple[str, list[tuple[str, str]]]:
-    """The device to hand to the core for ``request``, and the GPUs ``auto`` skipped with why.
-    An explicit GPU request that fails its self-check raises DeviceError; a malformed request
-    raises ConfigError."""
+def resolve(request: Optional[str]) -> tuple[str, list[tuple[str, str]]]:
+    """The device to hand to the core for ``request`` (None: the default, auto), and the GPUs
+    ``auto`` skipped with why. An explicit GPU request that fails its self-check raises
+    DeviceError; a malformed request raises ConfigError."""
+    if request is None:
+        request = key("device")["default"]
     if request.strip().lower() == "auto":
         skipped = []
         for candidate in _grufinity.auto_devices():

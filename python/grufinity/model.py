@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from . import _grufinity, devices
-from .config import SAMPLING_KEYS, key
+from .config import SAMPLING_KEYS
 from .errors import ConfigError
 from .text import decode_pieces
 
@@ -270,9 +270,7 @@ def load(path: str | PathLike[str], device: Optional[str] = None, dtype: Optiona
     """
     if not isinstance(path, (str, PathLike)):
         raise ConfigError(f"invalid argument `path`: must be a path, got {type(path).__name__} {path!r}")
-    if device is None:
-        device = key("device")["default"]
-    if not isinstance(device, str):
+    if device is not None and not isinstance(device, str):
         raise ConfigError(f"invalid argument `device`: must be a string such as 'auto' or 'cpu', got {device!r}")
     if dtype is not None and not isinstance(dtype, str):
         raise ConfigError(f"invalid argument `dtype`: must be a string, got {dtype!r}")

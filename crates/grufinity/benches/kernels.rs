@@ -6,7 +6,9 @@
 //!   vocab 256, batch 16, chunk 256): forward, backward, AdamW update;
 //! - one decoding step (one token, one stream) of the comparison's three models (dim 128,
 //!   depth 4; dim 256, depth 4; dim 512, depth 6): Burn's forward, and the host step with f32
-//!   and bf16 weights.
+//!   bf16 and int8 weights;
+//! - the matrix products of a dim-512 block at batch 16, chunk 256 (4096 rows), in f32 (`gemm`)
+//!   and with bfloat16 operands (the AVX512-BF16 kernel, where the CPU has it).
 
 use std::hint::black_box;
 
@@ -115,5 +117,22 @@ fn decode_step(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, scan, train_step, decode_step);
+fn matmul(c: &mut Criterion) {
+    use grufinity::model::dense::{matmul, Bf16Products};
+    let cpu = Device::flex();
+    let rows = 4096;
+    let mut group = c.benchmark_group("matmul 4096 rows");
+    for (k, n) in [(512, 1536), (512, 2048), (2048, 512)] {
+        let a = Tensor::<2>::random([rows, k], Distribution::Normal(0.0, 1.0), &cpu);
+        let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &cpu);
+        group.throughput(Throughput::Elements((2 * rows * k * n) as u64));
+        group.bench_function(format!("{k}x{n} f32"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
+        if let Some(_bf16) = Bf16Products::enable() {
+            group.bench_function(format!("{k}x{n} bf16"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scan, train_step, decode_step, matmul);
 criterion_main!(benches);

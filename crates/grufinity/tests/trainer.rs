@@ -412,3 +412,34 @@ fn ema_follows_its_formula_and_resumes_exactly() {
         .collect();
     assert_eq!(lw, file_weights(&a.checkpoint.join("ema.safetensors")));
 }
+
+// ---------------------------------------------------------------- bf16 products
+
+#[test]
+fn bf16_training_stays_close_to_f32() {
+    let sb = Sandbox::new("bf16");
+    let cfg = |name: &str, precision| TrainConfig {
+        precision,
+        schedule: Schedule::Constant,
+        max_steps: Some(8),
+        ..sb.config(name)
+    };
+    let (a, ea) = run(cfg("f32", grufinity::train::config::Precision::F32), None);
+    let (b, eb) = run(cfg("bf16", grufinity::train::config::Precision::Bf16), None);
+    a.unwrap();
+    b.unwrap();
+    let losses = |events: &[serde_json::Value]| -> Vec<f64> { of_kind(events, "step").iter().map(|e| e["loss"].as_f64().unwrap()).collect() };
+    let (la, lb) = (losses(&ea), losses(&eb));
+    assert_eq!(la.len(), 8);
+    for (x, y) in la.iter().zip(&lb) {
+        assert!((x - y).abs() < 0.05, "bf16 loss {y} vs f32 {x}");
+    }
+    let precision = of_kind(&eb, "start")[0]["precision"].as_str().unwrap().to_string();
+    if grufinity::model::gemm_bf16::available() {
+        assert!(precision.starts_with("bf16"), "{precision}");
+        assert_ne!(la, lb, "bf16 products round the operands");
+    } else {
+        assert!(precision.contains("no AVX512-BF16"), "{precision}");
+        assert_eq!(la, lb);
+    }
+}

@@ -113,6 +113,7 @@ class Progress:
             out.append(
                 f"model: {e['params']:,} parameters | train {e['train_tokens']:,} tokens, "
                 f"val {e['val_tokens']:,} | device: {e['device_reason']} | budget: {' or '.join(budget) or 'none'}"
+                + (f" | {e['precision']}" if e.get("precision", "f32") != "f32" else "")
             )
             return out
         if kind == "eval":

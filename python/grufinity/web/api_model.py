@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any, Optional
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
@@ -28,7 +28,8 @@ class ModelChoice(BaseModel):
     model_config = ConfigDict(extra="forbid")
     run: str = Field(max_length=255)
     checkpoint: str = Field("best", max_length=64)
-    dtype: Literal["f32", "bf16"] = "f32"
+    #: A weight dtype (checked by the core when the model loads); None is the default.
+    dtype: Optional[str] = Field(None, max_length=16)
 
 
 class GenerateBody(ModelChoice):

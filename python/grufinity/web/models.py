@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ..errors import GrufinityError
 from ..model import Model, load
@@ -18,7 +18,7 @@ from .errors import WebError
 Key = tuple[str, str, int, int]
 
 
-def checkpoint_key(checkpoint: Path, dtype: str) -> Key:
+def checkpoint_key(checkpoint: Path, dtype: Optional[str]) -> Key:
     """Identity of a loaded model: checkpoint directory, dtype and trainer.json's identity."""
     try:
         st = (checkpoint / "trainer.json").stat()
@@ -35,11 +35,9 @@ class ModelCache:
         self._lock = threading.Lock()
         self._loading: dict[Key, threading.Lock] = {}
 
-    def get(self, checkpoint: Path, dtype: str) -> tuple[Key, Model]:
+    def get(self, checkpoint: Path, dtype: Optional[str]) -> tuple[Key, Model]:
         """The model of ``checkpoint`` as ``dtype`` (loading it once, however many sessions ask
         at the same time). A checkpoint that fails to load is a WebError with the reason."""
-        if dtype not in ("f32", "bf16"):
-            raise WebError(422, f"invalid dtype {dtype!r}: choose f32 or bf16")
         key = checkpoint_key(checkpoint, dtype)
         with self._lock:
             if key in self._models:

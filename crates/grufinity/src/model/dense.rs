@@ -24,6 +24,33 @@ use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
 
 use super::fused::supported;
+use super::gemm_bf16;
+
+thread_local! {
+    /// Whether this thread's CPU products round their operands to bfloat16 (see [`Bf16Products`]).
+    static BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// While alive, the CPU matrix products of this thread (forward and backward) take bfloat16
+/// operands with f32 accumulation, on CPUs with AVX512-BF16 ([`gemm_bf16`]); elsewhere they stay
+/// f32. Training with `precision = "bf16"` holds one; the previous setting comes back on drop.
+pub struct Bf16Products {
+    previous: bool,
+}
+
+impl Bf16Products {
+    /// Turns bfloat16 products on for this thread if the CPU has the instructions; `None` (and
+    /// f32 products) otherwise.
+    pub fn enable() -> Option<Self> {
+        gemm_bf16::available().then(|| Self { previous: BF16.with(|b| b.replace(true)) })
+    }
+}
+
+impl Drop for Bf16Products {
+    fn drop(&mut self) {
+        BF16.with(|b| b.set(self.previous));
+    }
+}
 
 /// `x`: `[B, T, D_in]` → `x W (+ b)`: `[B, T, D_out]`.
 pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
@@ -79,8 +106,17 @@ impl DenseOps for Flex {
         if k == 0 {
             return FlexTensor::from_data(TensorData::new(vec![0.0f32; m * n], [m, n]));
         }
+        let parallel = m * n * k >= PARALLEL_MIN;
+        if BF16.with(|b| b.get()) {
+            let mut out = vec![0.0f32; m * n];
+            let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
+            // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
+            // only turns this on where the instructions exist.
+            unsafe { gemm_bf16::gemm(m, n, k, a, b, &mut out, true, parallel) };
+            return FlexTensor::from_data(TensorData::new(out, [m, n]));
+        }
         let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        let threads = if m * n * k >= PARALLEL_MIN { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         // SAFETY: `out` has room for `m * n` elements, written (not read: `read_dst` is false)
         // row-major by gemm before `set_len`; the operands' pointers and strides describe
         // `a` and `b`, which outlive the call.

@@ -6,6 +6,7 @@ pub mod dense;
 pub mod conv;
 pub mod fused;
 pub mod fused_norm;
+pub mod gemm_bf16;
 mod gemv;
 pub mod host;
 pub mod init;

@@ -36,6 +36,8 @@ pub enum Event {
         data_log: Vec<String>,
         /// Bytes of temporary files left by killed writers of this run, removed at start.
         debris_removed: u64,
+        /// What the matrix products run in (`f32`, or bf16 where the device has it).
+        precision: String,
     },
     Step {
         step: u64,

@@ -20,7 +20,7 @@ use crate::data::{prepare, split_point, Cursor, DataEvent, StreamBatcher, TokenS
 use crate::device;
 use crate::error::{Error, Result};
 use crate::files::{tensors, write_file_atomically, DirLock};
-use crate::model::{MinGruLm, State};
+use crate::model::{gemm_bf16, MinGruLm, State};
 use crate::train::checkpoint::TrainerState;
 
 /// What the `Start` event reports besides the run's own figures.
@@ -30,6 +30,8 @@ pub struct StartInfo {
     pub branched_from: Option<PathBuf>,
     pub data_log: Vec<String>,
     pub debris_removed: u64,
+    /// What the matrix products run in, in words.
+    pub precision: String,
 }
 
 /// Builds the run `config` asks for, holding its lock (released when the run is dropped).
@@ -43,10 +45,10 @@ pub fn start(config: TrainConfig, on_event: &mut OnEvent<'_>) -> Result<(Run, St
     }
     cfg.validate()?;
     let selected = device::select(&cfg.device)?;
-    check_precision(cfg.precision, &selected)?;
+    let precision = check_precision(cfg.precision, &selected)?;
     let existed = run_dir.root.exists();
     let lock = run_dir.lock()?;
-    let built = build(cfg, run_dir.clone(), start, selected, on_event);
+    let built = build(cfg, run_dir.clone(), start, selected, precision, on_event);
     if built.is_err() && !existed {
         // Nothing was written yet: leave no empty run directory behind.
         let _ = std::fs::remove_file(&lock.path);
@@ -60,6 +62,7 @@ fn build(
     run_dir: crate::run::RunDir,
     start: Start,
     selected: device::Selected,
+    precision: String,
     on_event: &mut OnEvent<'_>,
 ) -> Result<(Run, StartInfo)> {
     let debris_removed = run_dir.remove_debris();
@@ -167,15 +170,17 @@ fn build(
         "" => eval.start(32),
         text => tokenizer.encode(text.as_bytes()),
     };
-    let info = StartInfo { selected, resumed_from: resumed_from.map(|p| p.canonicalize().unwrap_or(p)), branched_from, data_log, debris_removed };
+    let info = StartInfo { selected, resumed_from: resumed_from.map(|p| p.canonicalize().unwrap_or(p)), branched_from, data_log, debris_removed, precision };
     Ok((Run { cfg, run_dir, device, autodiff, tokenizer, tokens, n_train, eval, sample_prompt, model, opt, ema, state, batcher, ts, metrics }, info))
 }
 
 /// Whether `precision` can train on the selected device.
-fn check_precision(precision: Precision, selected: &device::Selected) -> Result<()> {
+fn check_precision(precision: Precision, selected: &device::Selected) -> Result<String> {
     let cpu = crate::model::fused::supported(&selected.device);
     match precision {
-        Precision::F32 => Ok(()),
+        Precision::F32 => Ok(precision.word().into()),
+        Precision::Bf16 if cpu && gemm_bf16::available() => Ok("bf16 products (AVX512-BF16), f32 weights".into()),
+        Precision::Bf16 if cpu => Ok("f32 products: this CPU has no AVX512-BF16 for bf16 ones".into()),
         Precision::F16 if cpu => Err(Error::config(
             "precision",
             "f16 trains on GPUs only (CPUs have no fast f16 products); use bf16 or f32 on the CPU",

@@ -13,7 +13,7 @@ use burn::module::Module;
 use burn::tensor::Device;
 
 use super::checkpoint::{self, module_tensors, CheckpointParts, TrainerState};
-use super::config::{OnNan, TrainConfig, MAX_BAD_STEPS};
+use super::config::{OnNan, Precision, TrainConfig, MAX_BAD_STEPS};
 use super::eval::{evaluate, token_tensor, EvalResult};
 use super::events::{Event, OnEvent, Outcome};
 use super::ema::Ema;
@@ -25,6 +25,7 @@ use super::setup::{host_values, start, EvalSet, StartInfo};
 use crate::data::{StreamBatcher, TokenStore, Tokenizer};
 use crate::error::{Error, Result};
 use crate::generate::{Decoder, SamplingConfig};
+use crate::model::dense::Bf16Products;
 use crate::model::{MinGruLm, State};
 use crate::rng::splitmix;
 use crate::run::RunDir;
@@ -36,6 +37,8 @@ pub fn train(config: TrainConfig, on_event: &mut OnEvent<'_>) -> Result<Outcome>
     crate::alloc::keep_freed_memory();
     let _flush = crate::denormals::FlushDenormals::new();
     let (mut run, info, _lock) = start(config, on_event)?;
+    // bf16 products on this thread (the step and its backward pass run here) while training.
+    let _bf16 = (run.cfg.precision == Precision::Bf16).then(Bf16Products::enable).flatten();
     run.train_loop(info, on_event)
 }
 
@@ -124,6 +127,7 @@ impl Run {
             data: self.cfg.data_description.clone(),
             data_log: info.data_log,
             debris_removed: info.debris_removed,
+            precision: info.precision,
         };
         out.emit(&mut self.metrics, start);
         let clock = Instant::now();
