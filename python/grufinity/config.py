@@ -65,7 +65,7 @@ def _flatten(nested: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _init(self: Any, **values: Any) -> None:
+def _init(self: Any, /, **values: Any) -> None:
     """Checks ``values`` with the core (types, ranges, unknown keys, combinations) and stores
     them normalised (paths as strings, a single path as a list of one)."""
     checked = _flatten(_grufinity.check_config(values))

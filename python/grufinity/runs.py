@@ -132,6 +132,19 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    """A run's config.json ({} when absent); a damaged one is a CheckpointError naming it."""
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise CheckpointError(f"{path} is damaged: {e}") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is damaged: a JSON {type(config).__name__} instead of an object")
+    return config
+
+
 def _read_samples(path: Path) -> list[tuple[int, str]]:
     if not path.is_file():
         return []
@@ -159,12 +172,10 @@ def load(path: str | PathLike[str]) -> Run:
         raise DataNotFoundError(f"{p}: no such run directory")
     if not is_run(p):
         raise CheckpointError(f"{p} is not a run directory (no config.json or checkpoints/)")
-    config_file = p / "config.json"
-    config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
     return Run(
         path=p,
         name=p.name,
-        config=config,
+        config=_read_config(p / "config.json"),
         metrics=_read_metrics(p / "metrics.jsonl"),
         checkpoints=_grufinity.list_checkpoints(str(p)),
         samples=_read_samples(p / "samples.txt"),

@@ -243,6 +243,34 @@ fn cache_is_reused_and_invalidated() {
 }
 
 #[test]
+fn token_files_of_dead_writers_that_no_header_names_are_removed() {
+    // Two processes encoding one corpus at once both write a token file; the header names the
+    // last one, and the other was left behind for good (found by benches/crash_campaign.py).
+    let dir = TempDir::new("orphans");
+    let cache = dir.path("cache");
+    let file = dir.path("a.txt");
+    std::fs::write(&file, "the cat sat on the mat\n".repeat(50)).unwrap();
+    let opts = options("byte", &cache);
+    let first = prep(&[file.clone()], &opts).0.unwrap();
+    let current = first.store.tokens_path.file_name().unwrap().to_string_lossy().into_owned();
+    let stem = first.store.tokens_path.to_string_lossy().rsplitn(3, '-').last().unwrap().to_string();
+    assert!(current.ends_with(&format!("-{}.tokens", std::process::id())), "{current}");
+    // A pid above Linux's pid_max stands for a dead writer; this process for a live one.
+    let dead = PathBuf::from(format!("{stem}-0badf00d-4194305.tokens"));
+    let live = PathBuf::from(format!("{stem}-0badcafe-{}.tokens", std::process::id()));
+    let other = cache.join("another-corpus-0123456789abcdef-0badf00d-4194305.tokens");
+    for p in [&dead, &live, &other] {
+        std::fs::write(p, b"ids").unwrap();
+    }
+    let second = prep(&[file.clone()], &opts).0.unwrap();
+    assert_eq!(second.store.tokens_path, first.store.tokens_path, "the entry is reused");
+    assert!(!dead.exists(), "a dead writer's token file is removed");
+    assert!(live.exists(), "a live writer's token file stays");
+    assert!(other.exists(), "another entry's file is left to that entry");
+    assert_eq!(all_tokens(&second), all_tokens(&first));
+}
+
+#[test]
 fn separators_go_between_documents() {
     let dir = TempDir::new("sep");
     let files: Vec<PathBuf> = ["one", "two", "three"]

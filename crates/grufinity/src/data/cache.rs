@@ -5,14 +5,15 @@
 //! - `<name>-<key>.json`: the header; `key` hashes the source paths and the tokenizer's kind,
 //!   vocabulary size and separator, so a corpus has one entry per kind of tokenizer, replaced
 //!   when a source or the tokenizer changes (the header records both exactly).
-//! - `<name>-<key>-<nonce>.tokens`: the ids the header names.
+//! - `<name>-<key>-<nonce>-<pid>.tokens`: the ids the header names (`pid`: the writer's); other
+//!   token files of the entry are removed once their writer is gone.
 //! - `tokenizer-<name>-<key>.json`: a `char`/`bpe` tokenizer built from the corpus, with the
 //!   sources it was built from; `key` hashes the paths and the settings.
 //!
 //! Every file is written under a temporary name and renamed into place; the header is written
 //! last, so a crash or an error never leaves an entry that looks valid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -25,6 +26,7 @@ use super::encode::{encode_store, encode_threads, for_each_parallel};
 use super::prepare::{mb, DataEvent, DataOptions, OnData, Ticker};
 use super::store::{TokenStore, VERSION};
 use crate::error::{Error, Result};
+use crate::files::atomic::process_alive;
 use crate::files::{remove_stale_temporaries, write_file_atomically};
 
 /// The token cache directory.
@@ -186,6 +188,7 @@ impl Cache {
             let h = &store.header;
             if h.sources == sources && h.tokenizer_fingerprint == fingerprint {
                 on(&DataEvent::say("cache", format!("reusing {} cached tokens from {}", h.tokens, header_path.display()), total));
+                remove_orphans(&header_path, &h.tokens_file);
                 return Ok(store);
             }
             on(&DataEvent::say("cache", "the corpus changed since it was cached; encoding it again".into(), total));
@@ -196,7 +199,28 @@ impl Cache {
         if let Some(old) = old_tokens.filter(|p| *p != store.tokens_path) {
             let _ = std::fs::remove_file(old);
         }
+        remove_orphans(&header_path, &store.header.tokens_file);
         Ok(store)
+    }
+}
+
+/// Removes the token files of the entry `header_path` other than `current` whose writer is gone:
+/// those of an encoding that lost a race with another process encoding the same corpus, or that
+/// was killed before it wrote its header. Files of live writers stay (they may still be reading
+/// them). Names are `<header stem>-<nonce>-<pid>.tokens`.
+fn remove_orphans(header_path: &Path, current: &str) {
+    let (Some(dir), Some(base)) = (header_path.parent(), header_path.file_stem().and_then(|s| s.to_str())) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(base).and_then(|r| r.strip_prefix('-')).and_then(|r| r.strip_suffix(".tokens")) else {
+            continue;
+        };
+        let Some((nonce, pid)) = rest.split_once('-') else { continue };
+        let ours = nonce.len() == 8 && nonce.bytes().all(|b| b.is_ascii_hexdigit());
+        if ours && name != current && pid.parse::<u32>().is_ok_and(|pid| !process_alive(pid)) {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -109,7 +109,9 @@ pub(crate) fn encode_store(header_path: &Path, corpus: &Corpus, sources: &[Sourc
     let base = header_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
     let nonce = format!("{:08x}", xxhash_rust::xxh3::xxh3_64(&[now.to_le_bytes(), u64::from(std::process::id()).to_le_bytes()].concat()) as u32);
-    let tokens_name = format!("{base}-{nonce}.tokens");
+    // The writer's pid last: a file that lost a race with another encoder (or whose header was
+    // never written) is removed once its writer is gone (Cache::remove_orphans).
+    let tokens_name = format!("{base}-{nonce}-{}.tokens", std::process::id());
     let tmp = TempFile::for_path(&dir.join(&tokens_name));
     let file = File::create(&tmp.path).map_err(|e| Error::io(&tmp.path, e))?;
     let mut out = BufWriter::with_capacity(1 << 20, file);

@@ -55,7 +55,8 @@ impl Drop for TempFile {
 /// Writes `contents` to `path` atomically (safe from several threads at once).
 pub fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = TempFile::for_path(path);
-    std::fs::write(&tmp.path, contents).map_err(|e| Error::io(&tmp.path, e))?;
+    // Errors name the file asked for, not its temporary.
+    std::fs::write(&tmp.path, contents).map_err(|e| Error::io(path, e))?;
     tmp.keep(path)
 }
 
@@ -73,9 +74,16 @@ pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
+    let replaced = dir.exists();
+    if replaced && exchange(&tmp, dir) {
+        // `dir` was whole at every instant; the temporary now holds the old contents.
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
+    // Elsewhere: move the old one aside, then the new one in (a crash between the two renames
+    // leaves no `dir`).
     let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
     let old = parent.join(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()));
-    let replaced = dir.exists();
     if replaced {
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
@@ -90,6 +98,39 @@ pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
         let _ = std::fs::remove_dir_all(&old);
     }
     Ok(())
+}
+
+/// Swaps two paths in one step (Linux `renameat2` with `RENAME_EXCHANGE`); false where the
+/// system or the file system cannot.
+fn exchange(a: &Path, b: &Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let (Ok(a), Ok(b)) = (std::ffi::CString::new(a.as_os_str().as_bytes()), std::ffi::CString::new(b.as_os_str().as_bytes()))
+        else {
+            return false;
+        };
+        // SAFETY: two valid NUL-terminated paths; the call reads them and returns.
+        let rc = unsafe {
+            libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE)
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        false
+    }
+}
+
+/// Removes the directory `dir` so that it never looks half there: it is renamed to a temporary
+/// name first (`.tmp-old-<name>-<pid>`), then deleted; a crash in between leaves a temporary
+/// that [`remove_stale_temporaries`] deletes later.
+pub fn remove_dir_atomically(dir: &Path) -> Result<()> {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    let old = dir.with_file_name(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()));
+    std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
+    std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
 }
 
 /// Points the link `name` (e.g. `last`, `best`) inside `dir` at `target` (a sibling's name),
@@ -184,5 +225,37 @@ mod tests {
         assert!(live.exists());
         assert!(dir.join("keep.txt").exists());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_replaced_directory_is_complete_at_every_instant() {
+        // Rewriting a checkpoint that `last` points at (a resumed run stopped before its first
+        // step saves the same step again) must never leave a moment without it: a crash there
+        // would leave `last` dangling and the only copy under a temporary name.
+        let root = std::env::temp_dir().join(format!("grufinity-replace-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = root.join("step-1");
+        let write = |i: usize| write_dir_atomically(&dir, |tmp| Ok(std::fs::write(tmp.join("trainer.json"), i.to_string()).unwrap()));
+        write(0).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        let missing = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let mut missing = 0;
+                while !done.load(Ordering::Relaxed) {
+                    missing += usize::from(!dir.join("trainer.json").exists());
+                }
+                missing
+            });
+            for i in 1..2000 {
+                write(i).unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        assert_eq!(missing, 0, "the directory was missing {missing} times while it was replaced");
+        assert_eq!(std::fs::read_to_string(dir.join("trainer.json")).unwrap(), "1999");
+        let names: Vec<_> = std::fs::read_dir(&root).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["step-1"], "no temporary is left");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

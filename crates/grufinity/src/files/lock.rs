@@ -33,10 +33,7 @@ impl DirLock {
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         if !try_lock(&file) {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = holder.trim();
-            let who = if holder.is_empty() { "another process".to_string() } else { format!("process {holder}") };
+            let who = holder(&mut file).map_or_else(|| "another process".to_string(), |h| format!("process {h}"));
             return Err(Error::Busy(format!("{what} is being written by {who}; wait for it to finish or use another name")));
         }
         let me = format!("{} ({})", std::process::id(), command_line());
@@ -61,6 +58,23 @@ impl DirLock {
             Err(_) => false,
         }
     }
+}
+
+/// What the lock file says about its holder (`<pid> (<command>)`). A holder that has just taken
+/// the lock may not have written it yet (the file is empty, or still names the previous, dead
+/// holder): read again for a moment before giving up (found by benches/crash_campaign.py).
+fn holder(file: &mut File) -> Option<String> {
+    for _ in 0..50 {
+        let mut text = String::new();
+        let read = file.rewind().and_then(|_| file.read_to_string(&mut text));
+        let text = text.trim();
+        let pid = text.split_whitespace().next().and_then(|p| p.parse::<u32>().ok());
+        if read.is_ok() && pid.is_some_and(crate::files::atomic::process_alive) {
+            return Some(text.to_string());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(4));
+    }
+    None
 }
 
 fn command_line() -> String {
@@ -113,6 +127,24 @@ mod tests {
         let again = DirLock::acquire(&dir, "run x");
         assert!(again.is_ok());
         drop(again);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_holder_that_has_not_written_its_name_yet_is_still_named() {
+        let dir = std::env::temp_dir().join(format!("grufinity-lock-late-{}", std::process::id()));
+        let first = DirLock::acquire(&dir, "run y").unwrap();
+        // The moment between taking the lock and writing who holds it.
+        std::fs::write(&first.path, "").unwrap();
+        let path = first.path.clone();
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            std::fs::write(path, format!("{} (grufinity train)", std::process::id())).unwrap();
+        });
+        let err = DirLock::acquire(&dir, "run y").unwrap_err().to_string();
+        writer.join().unwrap();
+        assert!(err.contains(&format!("process {} (grufinity train)", std::process::id())), "{err}");
+        drop(first);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::files::{point_link, remove_stale_temporaries, DirLock};
+use crate::files::{point_link, remove_dir_atomically, remove_stale_temporaries, DirLock};
 
 /// The file whose presence marks a checkpoint directory as complete (written last).
 pub const TRAINER_FILE: &str = "trainer.json";
@@ -101,6 +101,16 @@ impl RunDir {
         target.file_name()?.to_str()?.strip_prefix("step-")?.parse().ok()
     }
 
+    /// The checkpoint the run continues from, with its step: `last`, or, when `last` is missing
+    /// or dangling (a crash between a checkpoint's rename and its link), the newest complete one.
+    pub fn last_checkpoint(&self) -> Option<(u64, PathBuf)> {
+        let last = self.checkpoints_dir().join("last");
+        match self.link_step("last") {
+            Some(step) if last.join(TRAINER_FILE).is_file() => Some((step, last)),
+            _ => self.checkpoints().ok()?.pop().map(|c| (c.step, c.path)),
+        }
+    }
+
     /// Points `name` (`last`, `best`) at the checkpoint of `step`.
     pub fn point(&self, name: &str, step: u64) -> Result<()> {
         point_link(&self.checkpoints_dir(), name, &format!("step-{step}"))
@@ -141,7 +151,9 @@ impl RunDir {
         if all.len() > keep {
             for c in &all[..all.len() - keep] {
                 if !c.best && !c.last {
-                    let _ = std::fs::remove_dir_all(&c.path);
+                    // Not remove_dir_all in place: killed halfway, it left a checkpoint that
+                    // still looked complete with files missing (found by the crash campaign).
+                    let _ = remove_dir_atomically(&c.path);
                 }
             }
         }
@@ -158,15 +170,15 @@ pub fn resolve(path: &Path, prefer: &str) -> Result<PathBuf> {
     if path.join(TRAINER_FILE).exists() {
         return Ok(path.to_path_buf());
     }
-    let ckpts = path.join("checkpoints");
-    let other = if prefer == "best" { "last" } else { "best" };
-    for name in [prefer, other] {
-        let c = ckpts.join(name);
-        if c.join(TRAINER_FILE).is_file() {
-            return Ok(c.canonicalize().unwrap_or(c));
-        }
+    let run = RunDir::new(path);
+    let best = run.checkpoints_dir().join("best");
+    let best = best.join(TRAINER_FILE).is_file().then_some(best);
+    let last = || run.last_checkpoint().map(|(_, c)| c);
+    let found = if prefer == "best" { best.or_else(last) } else { last().or(best) };
+    match found {
+        Some(c) => Ok(c.canonicalize().unwrap_or(c)),
+        None => Err(Error::checkpoint(path, "is neither a run directory with checkpoints nor a checkpoint directory")),
     }
-    Err(Error::checkpoint(path, "is neither a run directory with checkpoints nor a checkpoint directory"))
 }
 
 /// `run-YYYYmmdd-HHMMSS` in local time: the name of a run that was given none.

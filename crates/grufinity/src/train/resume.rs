@@ -72,10 +72,7 @@ pub fn plan(mut config: TrainConfig) -> Result<Plan> {
     }
     let checkpoint = match config.resume.as_deref() {
         None => None,
-        Some("auto") => {
-            let run = RunDir::new(config.out_dir.join(&config.name));
-            run.has_checkpoints().then(|| run.checkpoints_dir().join("last"))
-        }
+        Some("auto") => RunDir::new(config.out_dir.join(&config.name)).last_checkpoint().map(|(_, c)| c),
         Some(path) => Some(checkpoint_to_resume(Path::new(path))?),
     };
     let Some(checkpoint) = checkpoint else {
@@ -94,7 +91,7 @@ pub fn plan(mut config: TrainConfig) -> Result<Plan> {
     let named_elsewhere = !config.name.is_empty()
         && config.resume.as_deref() != Some("auto")
         && !same_dir(&requested_run, &origin.root);
-    let newest = origin.link_step("last").unwrap_or(saved.step);
+    let newest = origin.last_checkpoint().map_or(saved.step, |(step, _)| step);
     let (run, branched_from) = if named_elsewhere {
         let run = RunDir::new(requested_run);
         if run.has_checkpoints() {
@@ -130,12 +127,11 @@ fn checkpoint_to_resume(path: &Path) -> Result<PathBuf> {
     if !path.exists() {
         return Err(Error::NotFound(path.to_path_buf()));
     }
-    let run = RunDir::new(path);
-    if run.has_checkpoints() && run.checkpoints_dir().join("last").exists() {
-        return Ok(run.checkpoints_dir().join("last"));
-    }
     if path.join(crate::run::TRAINER_FILE).exists() {
         return Ok(path.to_path_buf());
+    }
+    if let Some((_, last)) = RunDir::new(path).last_checkpoint() {
+        return Ok(last);
     }
     Err(Error::checkpoint(path, "has no complete checkpoint to resume"))
 }
