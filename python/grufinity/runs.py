@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional
 
 from . import _grufinity
-from .errors import CheckpointError, DataNotFoundError, MissingExtraError
+from .errors import CheckpointError, ConfigError, DataNotFoundError, MissingExtraError
 
 
 
@@ -181,6 +181,15 @@ def load(path: str | PathLike[str]) -> Run:
         samples=_read_samples(p / "samples.txt"),
         training=_grufinity.run_is_training(str(p)),
     )
+
+
+def average(path: str | PathLike[str], last: int) -> dict[str, Any]:
+    """Averages the weights of the ``last`` newest checkpoints of the run at ``path`` into
+    ``RUN/checkpoints/average-last-K/`` (a checkpoint ``grufinity.load`` takes). Returns its
+    ``path``, the ``steps`` averaged and the weight ``files``."""
+    if isinstance(last, bool) or not isinstance(last, int):
+        raise ConfigError(f"invalid argument `last`: must be an integer, got {last!r}")
+    return _grufinity.average_checkpoints(str(Path(path)), last)
 
 
 def find(root: str | PathLike[str]) -> list[Path]:

@@ -26,6 +26,7 @@ fn _grufinity(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(train::auto_devices, m)?)?;
     m.add_function(wrap_pyfunction!(train::list_devices, m)?)?;
     m.add_function(wrap_pyfunction!(train::list_checkpoints, m)?)?;
+    m.add_function(wrap_pyfunction!(train::average_checkpoints, m)?)?;
     m.add_function(wrap_pyfunction!(train::run_is_training, m)?)?;
     m.add_function(wrap_pyfunction!(train::resolve_checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(train::write_atomically, m)?)?;

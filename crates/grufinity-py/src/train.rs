@@ -159,6 +159,14 @@ pub fn list_checkpoints(py: Python<'_>, run: PathBuf) -> PyResult<Py<PyAny>> {
     to_py(py, &list)
 }
 
+/// Averages the weights of a run's `last` newest checkpoints into a checkpoint of its own:
+/// a dict with path, steps (oldest first) and files (the weight files averaged).
+#[pyfunction]
+pub fn average_checkpoints(py: Python<'_>, run: PathBuf, last: usize) -> PyResult<Py<PyAny>> {
+    let averaged = check(py, py.detach(|| grufinity::run::average::average_last(&run, last)))?;
+    to_py(py, &averaged)
+}
+
 /// Whether a process is writing the run now (holds its lock).
 #[pyfunction]
 pub fn run_is_training(run: PathBuf) -> bool {

@@ -47,11 +47,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// A config error for `field`.
+    /// A config error for `field`. Control characters in either part (a key or a value as the
+    /// user typed it) are escaped, so the message stays one line.
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
-            field: field.into(),
-            message: message.into(),
+            field: one_line(field.into()),
+            message: one_line(message.into()),
         }
     }
 
@@ -72,5 +73,26 @@ impl Error {
     }
 }
 
+/// `text` with its control characters (newlines, tabs, ESC...) written as Rust escapes.
+fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
 /// Result alias used across the crate.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::Error;
+
+    #[test]
+    fn a_config_error_is_one_line_whatever_the_key() {
+        // Found by tests/test_fuzz_python.py: TrainConfig(**{"\n": None}).
+        let e = Error::config("\n", "got \"a\tb\u{1b}\"").to_string();
+        assert_eq!(e, "invalid config `\\n`: got \"a\\tb\\u{1b}\"");
+        assert_eq!(Error::config("lr", "must be > 0").to_string(), "invalid config `lr`: must be > 0");
+    }
+}

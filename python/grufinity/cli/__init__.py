@@ -48,6 +48,6 @@ def main(debug: bool) -> None:
 
 
 # Each module adds its commands to `main`.
-from . import compare, generate, inspect, plot, serve, sweep, train  # noqa: E402,F401
+from . import average, compare, generate, inspect, plot, serve, sweep, train  # noqa: E402,F401
 
 __all__ = ["main", "fail"]

@@ -7,10 +7,13 @@
 //! samples.txt              a sample at each evaluation
 //! checkpoints/step-N/      a checkpoint (train::checkpoint); complete once it has TRAINER_FILE
 //! checkpoints/last, best   links to the newest and the lowest-validation-loss checkpoints
+//! checkpoints/average-last-K/  the mean of the K newest checkpoints' weights (average)
 //! ```
 //!
 //! This module knows the layout only; what a checkpoint holds is [`crate::train::checkpoint`],
 //! and resuming a run [`crate::train::resume`].
+
+pub mod average;
 
 use std::path::{Path, PathBuf};
 
