@@ -1,10 +1,11 @@
 """Validation loss against wall-clock time on tiny Shakespeare (byte tokens, last 10% held out).
 
-    python benches/quality_per_time.py fast --budget 300     # the 5-minute recipe
-    python benches/quality_per_time.py long --budget 3600    # the 60-minute recipe
+    python benches/quality_per_time.py shakespeare-5min      # the 5-minute recipe
+    python benches/quality_per_time.py shakespeare-1h        # the 60-minute recipe
 
-Trains one of the recipes below with `grufinity train` (CPU, the whole validation tail at every
-evaluation, evaluation time counted in the budget), then prints the loss-vs-time curve, the
+Trains one of the shipped presets (python/grufinity/presets/, `grufinity train --preset NAME`)
+with `grufinity train` on the CPU (the whole validation tail at every evaluation, evaluation
+time counted in the budget, no samples), then prints the loss-vs-time curve, the
 first time each target loss was reached, and writes the curve to OUT/quality-<recipe>.csv.
 Issue 8's references: PyTorch + mingru-pytorch (dim 256, depth 4, batch 16, chunk 256, AdamW
 lr 1e-3) reaches about 1.56 nats/byte after 10 minutes on a 2-core machine; nanoGPT's 10.7M
@@ -22,27 +23,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+from grufinity.config import presets
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
-COMMON = ["--device", "cpu", "--val-fraction", "0.1", "--eval-tokens", "0", "--schedule", "cosine", "--warmup", "50",
-          "--min-lr-ratio", "0.02", "--weight-decay", "0.1", "--grad-clip", "1", "--sample-tokens", "0"]
-
-# Chosen from short trials on 2 cores (see issue 8's note): in five minutes a small model taking
-# many small steps wins; an hour has room for a wider model, which then needs dropout.
-RECIPES = {
-    "fast": ["--dim", "192", "--depth", "4", "--batch-size", "8", "--chunk-len", "128", "--lr", "4e-3",
-             "--eval-every", "600"],
-    "long": ["--dim", "320", "--depth", "4", "--batch-size", "16", "--chunk-len", "128", "--lr", "3e-3",
-             "--dropout", "0.2", "--eval-every", "500"],
-}
+COMMON = ["--device", "cpu", "--sample-tokens", "0"]
 TARGETS = (1.56, 1.47)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("recipe", choices=sorted(RECIPES))
-    ap.add_argument("--budget", type=float, default=300.0, help="wall-clock seconds of training, evaluations included")
+    ap.add_argument("recipe", choices=presets(), help="a preset of grufinity train --preset")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="wall-clock seconds of training, evaluations included (default: the preset's)")
     ap.add_argument("--data", default=str(DEFAULT_DATA))
     ap.add_argument("--out", default=str(ROOT / "benches"), help="folder for quality-<recipe>.csv")
     args = ap.parse_args()
@@ -51,8 +45,9 @@ def main() -> int:
         return 2
 
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["grufinity", "train", args.data, "--out-dir", tmp, "--name", args.recipe, "--max-time", str(args.budget),
-               "--progress", "plain", *COMMON, *RECIPES[args.recipe]]
+        budget = ["--max-time", str(args.budget)] if args.budget else []
+        cmd = ["grufinity", "train", args.data, "--out-dir", tmp, "--name", args.recipe, "--preset", args.recipe,
+               *budget, "--progress", "plain", *COMMON]
         print("$", shlex.join(cmd), flush=True)
         proc = subprocess.run([sys.executable, "-m", "grufinity", *cmd[1:]])
         if proc.returncode != 0:

@@ -147,17 +147,34 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not a run's config.json: {e}") from None
 
 
-def build(overrides: dict[str, Any], config_file: Optional[str | Path] = None) -> Any:
-    """A :class:`TrainConfig` from the defaults, then the config file (TOML, or a run's
-    config.json), then ``overrides`` (CLI flags): later wins. An error in the file names the
-    file."""
+#: The folder of the recipes that ship with the package (``--preset NAME``: NAME.toml).
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+
+
+def presets() -> list[str]:
+    """The names of the shipped presets."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def preset_file(name: str) -> Path:
+    """The TOML file of preset ``name``; a ConfigError naming the choices when there is none."""
+    if name not in presets():
+        raise ConfigError(f"invalid argument `preset`: no preset {name!r}; choose from {', '.join(presets())}")
+    return PRESET_DIR / f"{name}.toml"
+
+
+def build(overrides: dict[str, Any], config_file: Optional[str | Path] = None, preset: Optional[str] = None) -> Any:
+    """A :class:`TrainConfig` from the defaults, then the preset, then the config file (TOML,
+    or a run's config.json), then ``overrides`` (CLI flags): later wins. An error in a file
+    names the file."""
     values: dict[str, Any] = {}
-    if config_file:
-        values.update(load_file(config_file))
-        try:
-            TrainConfig(**values)
-        except ConfigError as e:
-            raise ConfigError(f"config file {config_file}: {e}") from None
+    for file in [preset_file(preset) if preset else None, config_file]:
+        if file:
+            values.update(load_file(file))
+            try:
+                TrainConfig(**values)
+            except ConfigError as e:
+                raise ConfigError(f"config file {file}: {e}") from None
     values.update(overrides)
     return TrainConfig(**values)
 

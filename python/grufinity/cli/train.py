@@ -20,13 +20,15 @@ from .options import given, options
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="TOML file of settings (any key below, dashes as underscores), or a run's config.json to "
                    "train that run again; flags override it.")
+@click.option("--preset", type=click.Choice(config_mod.presets()), default=None,
+              help="A shipped recipe (settings and a time budget); --config and flags override it.")
 @options(config_mod.KEYS, skip=["data"])
 @click.option("--progress", type=click.Choice(progress_mod.MODES), default="auto", show_default=True,
               help="Progress display: a live bar (with the rich extra) on a terminal, plain lines, JSON lines, "
                    "or nothing.")
 @click.option("-q", "--quiet", is_flag=True, help="Print only the run directory and errors.")
 @click.option("-v", "--verbose", is_flag=True, help="Also say why `--device auto` skipped each backend.")
-def train(data: tuple[str, ...], config_file: Optional[str], progress: str, quiet: bool, verbose: bool,
+def train(data: tuple[str, ...], config_file: Optional[str], preset: Optional[str], progress: str, quiet: bool, verbose: bool,
           **flags: Any) -> None:
     """Train a minGRU language model on DATA (files, directories or globs).
 
@@ -45,7 +47,7 @@ def train(data: tuple[str, ...], config_file: Optional[str], progress: str, quie
         overrides["data"] = list(data)
     if "device" not in overrides and os.environ.get("GRUFINITY_DEVICE"):
         overrides["device"] = os.environ["GRUFINITY_DEVICE"]
-    cfg = config_mod.build(overrides, config_file)
+    cfg = config_mod.build(overrides, config_file, preset)
     show = progress_mod.make("none" if quiet else progress, verbose=verbose)
     terminated = {"sigterm": False}
 
