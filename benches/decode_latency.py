@@ -1,11 +1,19 @@
 """Decoding speed on the CPU backend (default: the reference model, dim 256, depth 4).
 
     python benches/decode_latency.py [--steps 200] [--dim 512 --depth 6]
+    python benches/decode_latency.py --pytorch [--models reference,large]
 
 Prints single-stream and batched (8 prompts) tokens/s with f32 and with bf16 weights, and the
 time per token after contexts of 1k, 10k and 100k tokens: with a recurrent state it must not
 grow with the context. The weights come from a one-step training run (speed does not depend on
 what the weights learned).
+
+With --pytorch (needs `pip install '.[bench]'`): greedy decoding tokens/s for 1, 4 and 16
+streams, GRUfinity (`generate` / `generate_batch`) against PyTorch + mingru-pytorch decoding the
+same architecture (`minLM.forward` with its cached `prev_hiddens`, all streams in one batch), in
+f32, bf16 (GRUfinity `dtype="bf16"` / the PyTorch model in bfloat16) and int8 (GRUfinity
+`dtype="int8"` / `torch.ao.quantization.quantize_dynamic` on the Linear layers). PyTorch gets the
+faster of 1 and 2 threads for each row (one-token steps are small).
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -47,12 +56,83 @@ def state_after(model: grufinity.Model, context: int, rng: np.random.Generator) 
     return state
 
 
+#: The comparison models of benches/compare_pytorch.py.
+MODELS = {"small": (128, 4), "reference": (256, 4), "large": (512, 6)}
+STREAMS = (1, 4, 16)
+
+
+def grufinity_rate(run: Path, dtype: str, streams: int, steps: int) -> float:
+    """Greedy tokens/s over all streams (best of 2)."""
+    model = grufinity.load(run, device="cpu", dtype=dtype)
+    prompts = [f"prompt {i}: " for i in range(streams)]
+    best = 0.0
+    for _ in range(2):
+        start = time.perf_counter()
+        if streams == 1:
+            model.generate(prompts[0], max_new_tokens=steps, temperature=0.0)
+        else:
+            model.generate_batch(prompts, max_new_tokens=steps, temperature=0.0)
+        best = max(best, streams * steps / (time.perf_counter() - start))
+    return best
+
+
+def pytorch_rate(dim: int, depth: int, dtype: str, streams: int, steps: int) -> float:
+    """Greedy tokens/s of PyTorch + mingru-pytorch over all streams (best of 2, at the faster of
+    1 and 2 threads)."""
+    import torch
+    from minGRU_pytorch.minLM import minLM
+
+    # quantize_dynamic still works in torch 2.x but warns that it moves to torchao.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    torch.manual_seed(0)
+    model = minLM(num_tokens=256, dim=dim, depth=depth, ff_mult=4, expansion=1.5, enable_conv=False, dropout=0.0).eval()
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+    elif dtype == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    best = 0.0
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for _ in range(2):
+            tok = torch.full((streams, 1), ord("\n"))
+            start = time.perf_counter()
+            with torch.inference_mode():
+                logits, hiddens = model(tok, return_prev_hiddens=True)
+                for _ in range(steps - 1):
+                    tok = logits[:, -1].argmax(-1, keepdim=True)
+                    logits, hiddens = model(tok, return_prev_hiddens=True, prev_hiddens=hiddens)
+            best = max(best, streams * steps / (time.perf_counter() - start))
+    return best
+
+
+def compare(models: list[str], steps: int) -> None:
+    print(f"{'model':<10} {'weights':<7} {'streams':>7} {'GRUfinity tok/s':>16} {'PyTorch tok/s':>14} {'ratio':>6}")
+    for name in models:
+        dim, depth = MODELS[name]
+        with tempfile.TemporaryDirectory() as tmp:
+            run = train_model(Path(tmp), dim, depth)
+            for dtype in ("f32", "bf16", "int8"):
+                for streams in STREAMS:
+                    ours = grufinity_rate(run, dtype, streams, steps)
+                    theirs = pytorch_rate(dim, depth, dtype, streams, steps)
+                    print(f"{name:<10} {dtype:<7} {streams:>7} {ours:>16,.0f} {theirs:>14,.0f} {ours / theirs:>5.2f}x", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=200, help="tokens generated per measurement")
+    ap.add_argument("--steps", type=int, default=200, help="tokens generated per measurement (per stream)")
     ap.add_argument("--dim", type=int, default=256)
     ap.add_argument("--depth", type=int, default=4)
+    ap.add_argument("--pytorch", action="store_true", help="compare 1/4/16 streams with PyTorch + mingru-pytorch")
+    ap.add_argument("--models", default="reference,large", help=f"with --pytorch: some of {', '.join(MODELS)}")
     args = ap.parse_args()
+    if args.pytorch:
+        models = args.models.split(",")
+        if unknown := [m for m in models if m not in MODELS]:
+            ap.error(f"unknown model {unknown[0]!r}; choose from {', '.join(MODELS)}")
+        compare(models, args.steps)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         run = train_model(Path(tmp), args.dim, args.depth)
         for dtype in ("f32", "bf16"):
