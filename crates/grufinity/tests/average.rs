@@ -8,34 +8,14 @@ use std::path::PathBuf;
 use common::cpu;
 use grufinity::files::tensors;
 use grufinity::model::quant::WeightDtype;
-use grufinity::model::ModelConfig;
 use grufinity::run::average::{average_last, AVERAGE_FILE};
 use grufinity::train::{train, TrainConfig};
 use grufinity::Loaded;
 
 /// A run of 4 steps with a checkpoint at each (all kept); `ema` adds a moving average.
 fn run(name: &str, ema: Option<f64>) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("grufinity-average-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("corpus.txt"), "a stitch in time saves nine. ".repeat(40)).unwrap();
-    let cfg = TrainConfig {
-        data: vec![dir.join("corpus.txt")],
-        out_dir: dir.join("runs"),
-        cache_dir: Some(dir.join("cache")),
-        name: "r".into(),
-        device: "cpu".into(),
-        model: ModelConfig { dim: 16, depth: 1, ..Default::default() },
-        batch_size: 2,
-        chunk_len: 16,
-        eval_every: 0,
-        sample_tokens: 0,
-        save_every: 1,
-        keep_last: 10,
-        ema,
-        max_steps: Some(4),
-        ..Default::default()
-    };
+    let dir = common::sandbox(&format!("average-{name}"));
+    let cfg = TrainConfig { save_every: 1, keep_last: 10, ema, max_steps: Some(4), ..common::tiny_run(&dir) };
     train(cfg, &mut |_| true).unwrap();
     dir.join("runs").join("r")
 }

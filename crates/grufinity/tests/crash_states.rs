@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use common::cpu;
 use grufinity::model::quant::WeightDtype;
-use grufinity::model::ModelConfig;
 use grufinity::run::RunDir;
 use grufinity::train::{train, TrainConfig};
 use grufinity::Loaded;
@@ -16,31 +15,12 @@ struct Sandbox(PathBuf);
 
 impl Sandbox {
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("grufinity-crash-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("corpus.txt"), "a stitch in time saves nine. ".repeat(40)).unwrap();
+        let dir = common::sandbox(&format!("crash-{name}"));
         Sandbox(dir)
     }
 
     fn config(&self, max_steps: u64, resume: Option<&Path>) -> TrainConfig {
-        TrainConfig {
-            data: vec![self.0.join("corpus.txt")],
-            out_dir: self.0.join("runs"),
-            cache_dir: Some(self.0.join("cache")),
-            name: "r".into(),
-            device: "cpu".into(),
-            model: ModelConfig { dim: 16, depth: 1, ..Default::default() },
-            batch_size: 2,
-            chunk_len: 16,
-            eval_every: 0,
-            eval_tokens: 64,
-            sample_tokens: 0,
-            save_every: 2,
-            max_steps: Some(max_steps),
-            resume: resume.map(|p| p.display().to_string()),
-            ..Default::default()
-        }
+        TrainConfig { save_every: 2, max_steps: Some(max_steps), resume: resume.map(|p| p.display().to_string()), ..common::tiny_run(&self.0) }
     }
 
     fn checkpoints(&self) -> PathBuf {

@@ -47,3 +47,32 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
+
+/// A directory `grufinity-<name>-<pid>` in the temp dir holding `corpus.txt` (a short repeated
+/// sentence), emptied first.
+pub fn sandbox(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("grufinity-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("corpus.txt"), "a stitch in time saves nine. ".repeat(40)).unwrap();
+    dir
+}
+
+/// A tiny CPU run `r` on `dir`'s corpus (see [`sandbox`]): dim 16, depth 1, chunks of 16, no
+/// evaluation or samples; the caller sets the budget and checkpoint cadence.
+pub fn tiny_run(dir: &std::path::Path) -> grufinity::train::TrainConfig {
+    grufinity::train::TrainConfig {
+        data: vec![dir.join("corpus.txt")],
+        out_dir: dir.join("runs"),
+        cache_dir: Some(dir.join("cache")),
+        name: "r".into(),
+        device: "cpu".into(),
+        model: grufinity::model::ModelConfig { dim: 16, depth: 1, ..Default::default() },
+        batch_size: 2,
+        chunk_len: 16,
+        eval_every: 0,
+        eval_tokens: 64,
+        sample_tokens: 0,
+        ..Default::default()
+    }
+}
