@@ -96,6 +96,39 @@ def test_ctrl_c_during_an_evaluation_stops_the_run(tmp_path):
     assert "resume with" in (tmp_path / "err.txt").read_text()
 
 
+def test_ctrl_c_during_data_preparation_stops_at_once_and_caches_nothing(tmp_path):
+    # A corpus large enough for live data events (36 MB, over LARGE_INPUT) whose BPE tokenizer
+    # takes many seconds to train on 2 cores.
+    corpus = tmp_path / "big.txt"
+    words = np.array([w.encode() for w in "the of and to in is was that for it with as his on be".split()])
+    rng = np.random.default_rng(1)
+    corpus.write_bytes(b" ".join(rng.choice(words, size=10_000_000)))
+    cache = tmp_path / "cache"
+    err = open(tmp_path / "err.txt", "w")
+    proc = subprocess.Popen(
+        [grufinity_exe(), "train", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--dim", "16", "--depth", "1",
+         "--max-steps", "1", "--cache-dir", str(cache), "--out-dir", str(tmp_path / "runs"), "--name", "enc",
+         "--progress", "json", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
+    )
+    try:
+        for line in proc.stdout:
+            e = json.loads(line)
+            if e["event"] == "data" and e["done"] > 0:
+                break  # the tokenizer is being trained
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(timeout=60)
+        waited = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        err.close()
+    assert rc == 130, (tmp_path / "err.txt").read_text()[-2000:]
+    assert waited < 10, f"took {waited:.1f} s to stop"
+    assert not list(cache.glob("*")), f"something was cached: {[p.name for p in cache.glob('*')]}"
+
+
 # ---------------------------------------------------------------- one writer per run
 
 

@@ -71,5 +71,7 @@ fn too_few_checkpoints_or_not_a_run_is_one_line_naming_it() {
     assert!(many.contains("has 4 checkpoint(s) (steps 1, 2, 3, 4)") && many.contains("--keep-last"), "{many}");
     let nothing = average_last(&run.join("checkpoints").join("step-1"), 2).unwrap_err().to_string();
     assert!(nothing.contains("has no checkpoints to average"), "{nothing}");
+    let file = average_last(&run.join("config.json"), 2).unwrap_err().to_string();
+    assert!(file.contains("has no checkpoints to average"), "{file}");
     std::fs::remove_dir_all(run.parent().unwrap().parent().unwrap()).unwrap();
 }

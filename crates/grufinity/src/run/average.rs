@@ -36,7 +36,7 @@ pub fn average_last(run: &Path, last: usize) -> Result<Averaged> {
         return Err(Error::config("last", format!("got {last}; average at least 2 checkpoints")));
     }
     let dir = RunDir::new(run);
-    let all = dir.checkpoints()?;
+    let all = if dir.checkpoints_dir().is_dir() { dir.checkpoints()? } else { vec![] };
     if all.is_empty() {
         return Err(Error::checkpoint(run, "has no checkpoints to average (is it a run directory?)"));
     }
