@@ -173,6 +173,7 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
         keep_last=1,
         log_every=spec["log_every"],
         sample_tokens=0,
+        precision=spec["precision"],
     )
     cfg = grufinity.TrainConfig(**options)
     steps: list[dict[str, Any]] = []
@@ -215,9 +216,15 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
     bf16 = grufinity.load(outcome["run_dir"], device=spec["device"], dtype="bf16")
     bf16.generate("\n", max_new_tokens=16, temperature=0.0)
     decode_bf16_s = decode_secs(bf16)
+    # And as int8 (per-output-channel scales, `dtype="int8"`).
+    int8 = grufinity.load(outcome["run_dir"], device=spec["device"], dtype="int8")
+    int8.generate("\n", max_new_tokens=16, temperature=0.0)
+    decode_int8_s = decode_secs(int8)
     raw = Path(spec["data"]).read_bytes()
     val = raw[grufinity._grufinity.split_point(len(raw), spec["val_fraction"]):][:BF16_EVAL_BYTES]
-    bf16_loss_delta = bf16.evaluate(val)["loss"] - model.evaluate(val)["loss"]
+    f32_loss = model.evaluate(val)["loss"]
+    bf16_loss_delta = bf16.evaluate(val)["loss"] - f32_loss
+    int8_loss_delta = int8.evaluate(val)["loss"] - f32_loss
     return {
         "params": model.num_params,
         "matmul_params": matmul,
@@ -229,7 +236,9 @@ def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
         "decode_tokens": n,
         "decode_s": decode_s,
         "decode_bf16_s": decode_bf16_s,
+        "decode_int8_s": decode_int8_s,
         "bf16_loss_delta": bf16_loss_delta,
+        "int8_loss_delta": int8_loss_delta,
         "train_rss_mib": train_rss,
         "import_rss_mib": import_rss,
         "decode_threads": spec["threads"],
@@ -332,8 +341,9 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         idx = torch.tensor(starts)[:, None] + epoch_step * T + arange
         seg = train[idx]
         epoch_step += 1
-        logits, nxt = mingru_forward(model, layers, seg[:, :-1], state)
-        loss = F.cross_entropy(logits.reshape(-1, V), seg[:, 1:].reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["precision"] == "bf16"):
+            logits, nxt = mingru_forward(model, layers, seg[:, :-1], state)
+            loss = F.cross_entropy(logits.reshape(-1, V).float(), seg[:, 1:].reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         value = loss.item()
@@ -342,7 +352,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         if spec["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(params, spec["grad_clip"])
         opt.step()
-        state = [h.detach() for h in nxt]
+        state = [h.detach().float() for h in nxt]
         step += 1
         tokens += B * T
         window_tok += B * T
@@ -392,8 +402,18 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         assert len(out) == n
         if secs < decode_s:
             decode_s, decode_threads = secs, threads
-    # The same model in bfloat16, on the thread count that decoded faster in float32.
+    # Dynamic int8 quantisation of the Linear layers (int8 weights, activations quantised on the
+    # fly), then the model in bfloat16, on the thread count that decoded faster in float32.
     torch.set_num_threads(decode_threads)
+    import warnings
+
+    warnings.filterwarnings("ignore", category=DeprecationWarning)  # quantize_dynamic moves to torchao
+    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+    model_int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    decode(16, model_int8)
+    t0 = time.perf_counter()
+    assert len(decode(n, model_int8)) == n
+    decode_int8_s = time.perf_counter() - t0
     model_bf16 = model.to(torch.bfloat16)
     decode(16, model_bf16)
     t0 = time.perf_counter()
@@ -411,6 +431,7 @@ def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
         "decode_tokens": n,
         "decode_s": decode_s,
         "decode_bf16_s": decode_bf16_s,
+        "decode_int8_s": decode_int8_s,
         "train_rss_mib": train_rss,
         "import_rss_mib": import_rss,
         "decode_threads": decode_threads,
@@ -535,7 +556,8 @@ def summarize(runs: list[dict[str, Any]], peak_flops: float) -> dict[str, float]
         vals = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
         return statistics.median(vals) if vals else float("nan")
 
-    out = {k: med(k) for k in ("train_tps", "decode_tps", "decode_bf16_tps", "bf16_loss_delta", "rss_mib", "import_rss_mib",
+    out = {k: med(k) for k in ("train_tps", "decode_tps", "decode_bf16_tps", "decode_int8_tps", "bf16_loss_delta",
+                               "int8_loss_delta", "rss_mib", "import_rss_mib",
                                "val_loss", "steps", "params", "matmul_params")}
     out["flop_util"] = out["train_tps"] * 6 * out["matmul_params"] / peak_flops if peak_flops else float("nan")
     return out
@@ -556,6 +578,8 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], budgets: dict
             ("decoding tokens/s (1 stream, cached state)", "decode_tps", 0, ""),
             ("decoding tokens/s, bf16 weights", "decode_bf16_tps", 0, ""),
             (f"bf16 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", "bf16_loss_delta", 4, ""),
+            ("decoding tokens/s, int8 weights (PyTorch: quantize_dynamic)", "decode_int8_tps", 0, ""),
+            (f"int8 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", "int8_loss_delta", 4, ""),
             ("peak RSS, MiB", "rss_mib", 0, ""),
             ("RSS after imports (part of the peak), MiB", "import_rss_mib", 0, ""),
             (f"validation loss after {budgets[name]:g} s, nats/byte", "val_loss", 4, ""),
@@ -569,7 +593,7 @@ def results_table(summary: dict[str, dict[str, dict[str, float]]], budgets: dict
                 ps = "-" if pv is None or math.isnan(pv) else f"{100 * pv:.{digits}f}%"
             else:
                 gs, ps = fmt_num(gv, digits), fmt_num(pv, digits)
-            ratio = fmt_ratio(gv, pv) if key != "bf16_loss_delta" else ""
+            ratio = fmt_ratio(gv, pv) if not key.endswith("_loss_delta") else ""
             if key == "val_loss" and gv is not None and pv is not None and not math.isnan(gv) and not math.isnan(pv):
                 ratio = f"{gv - pv:+.4f} (diff)"
             lines.append(f"| {label if i == 0 else ''} | {metric} | {gs} | {ps} | {ratio} |")
@@ -633,6 +657,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--decode-tokens", type=int, default=500, help="tokens generated for the decoding speed")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both frameworks and the matmul peak")
     ap.add_argument("--device", default="cpu", help="GRUfinity device (PyTorch runs on the CPU)")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="training products: bf16 is GRUfinity's --precision bf16 against PyTorch's "
+                         "torch.autocast('cpu', dtype=torch.bfloat16); results go to results-bf16.md and the README is left alone")
     ap.add_argument("--matmul-size", type=int, default=2048, help="side of the square float32 matmuls that measure the peak")
     ap.add_argument("--out", default=str(ROOT / "benches"), help="folder for results.md and curves.csv")
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md's section between the bench markers")
@@ -705,7 +732,7 @@ def main(argv: list[str]) -> int:
                     "lr": args.lr, "beta1": args.beta1, "beta2": args.beta2, "eps": args.eps,
                     "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "budget": args.budgets[name],
                     "eval_every": args.eval_every, "eval_tokens": args.eval_tokens, "log_every": args.log_every,
-                    "decode_tokens": args.decode_tokens,
+                    "decode_tokens": args.decode_tokens, "precision": args.precision,
                 }
                 busy = busy_cpus()
                 log(f"{tag}: training for {args.budgets[name]:g} s (other work: {busy:.2f} CPUs busy)")
@@ -719,7 +746,9 @@ def main(argv: list[str]) -> int:
                     "train_tps": train_throughput(result["steps"]),
                     "decode_tps": result["decode_tokens"] / result["decode_s"],
                     "decode_bf16_tps": result["decode_tokens"] / result["decode_bf16_s"],
+                    "decode_int8_tps": result["decode_tokens"] / result["decode_int8_s"],
                     "bf16_loss_delta": result.get("bf16_loss_delta"),
+                    "int8_loss_delta": result.get("int8_loss_delta"),
                     "rss_mib": rss,
                     "import_rss_mib": result["import_rss_mib"],
                     "val_loss": result["final_val_loss"],
@@ -750,18 +779,21 @@ def main(argv: list[str]) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    write_curves(out / "curves.csv", records)
+    suffix = "" if args.precision == "f32" else f"-{args.precision}"
+    write_curves(out / f"curves{suffix}.csv", records)
     date = started.strftime("%Y-%m-%d %H:%M %Z")
     machine_line = (f"{machine['cpu']}, {machine['cores']} cores ({machine['simd']}), {machine['memory']}, {machine['os']}, "
                     f"Python {machine['python']}")
     settings = (f"byte tokens of `{data.name}` (validation = last {args.val_fraction:.0%}), batch {args.batch}, chunk {args.chunk}, "
-                f"state carried across chunks; AdamW lr {args.lr:g} constant, betas ({args.beta1:g}, {args.beta2:g}), "
+                f"state carried across chunks; training products in {args.precision}"
+                f"{' (PyTorch: CPU autocast)' if args.precision == 'bf16' else ''}; AdamW lr {args.lr:g} constant, betas ({args.beta1:g}, {args.beta2:g}), "
                 f"weight decay {args.weight_decay:g} on matrices, grad clip {args.grad_clip:g}; {args.threads} threads; "
                 f"validation every {args.eval_every or 'never (only at the end)'} steps on "
                 f"{'the whole validation tail' if args.eval_tokens == 0 else f'{args.eval_tokens:,} tokens'} (inside the budget); "
                 f"decoding: {args.decode_tokens} greedy tokens after a 1-byte prompt (PyTorch: the faster of 1 and "
                 f"{args.threads} threads; in bf16, `model.to(torch.bfloat16)` on that thread count; GRUfinity: "
-                f"`grufinity.load(run, dtype=\"bf16\")`)")
+                f"`grufinity.load(run, dtype=\"bf16\")`; int8: `torch.ao.quantization.quantize_dynamic` of the Linear layers "
+                f"against `dtype=\"int8\"`)")
     try:
         head_sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                   check=True).stdout.strip()
@@ -792,9 +824,9 @@ def main(argv: list[str]) -> int:
                   f"{head}\n\n{table}\n\nRatios are GRUfinity / PyTorch (the validation loss row gives the difference; lower "
                   f"is better for loss and RSS). Medians over {args.repeats} run(s) each.\n\n## Runs\n\n" + "\n".join(raw) +
                   "\n\nLoss against time: `benches/curves.csv` (kind `train`: training loss of a logged step; `val`: validation loss).\n")
-    (out / "results.md").write_text(results_md, encoding="utf-8")
-    log(f"wrote {out / 'results.md'} and {out / 'curves.csv'} ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
-    if args.update_readme:
+    (out / f"results{suffix}.md").write_text(results_md, encoding="utf-8")
+    log(f"wrote {out / f'results{suffix}.md'} and {out / f'curves{suffix}.csv'} ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
+    if args.update_readme and args.precision == "f32":
         section = (f"GRUfinity against PyTorch + mingru-pytorch, generated by `benches/compare_pytorch.py` "
                    f"(details and per-run numbers in `benches/results.md`). {head}\n\n{table}\n")
         how = update_readme(Path(args.readme), section)

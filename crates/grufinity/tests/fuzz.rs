@@ -61,3 +61,17 @@ fn every_fuzz_target_survives_its_corpus() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// Writes each target's seeds into `fuzz/corpus/<target>/seed-<i>`, where cargo fuzz starts
+/// from (see fuzz/README.md): `cargo test --release -p grufinity --test fuzz -- --ignored`.
+#[test]
+#[ignore = "writes the seed corpus for cargo fuzz"]
+fn write_seed_corpus() {
+    for name in NAMES {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus").join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, seed) in target(name).seeds.iter().enumerate() {
+            std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+        }
+    }
+}
