@@ -1,4 +1,4 @@
-// The model picker the views share: run, checkpoint and bf16. A change fires "model-picked".
+// The model picker the views share: run, checkpoint and weight format. A change fires "model-picked".
 import { $, api, el } from "./api.js";
 
 let runList = [];
@@ -9,7 +9,7 @@ export function runs() { return runList; }
 export function picked() {
   const run = $("run").value;
   if (!run) return null;
-  return { run, checkpoint: $("checkpoint").value || "best", dtype: $("bf16").checked ? "bf16" : "f32" };
+  return { run, checkpoint: $("checkpoint").value || "best", dtype: $("dtype").value };
 }
 
 // Points the picker at a run and checkpoint (the runs view's buttons).
@@ -47,5 +47,5 @@ export async function refresh() {
 export function wire() {
   $("run").addEventListener("change", () => { fillCheckpoints(); changed(); });
   $("checkpoint").addEventListener("change", changed);
-  $("bf16").addEventListener("change", changed);
+  $("dtype").addEventListener("change", changed);
 }
