@@ -234,6 +234,15 @@ fn cache_is_reused_and_invalidated() {
     assert_eq!(names.iter().filter(|n| n.ends_with(".tokens")).count(), 1, "{names:?}");
     assert_eq!(names.iter().filter(|n| n.starts_with("tokenizer-")).count(), 1, "{names:?}");
     assert!(!names.iter().any(|n| n.starts_with(".tmp")), "{names:?}");
+    // A damaged token file whose ids fall outside the vocabulary (found by fuzzing) is refused
+    // and encoded again, not handed to the model.
+    let mut bytes = std::fs::read(&third.store.tokens_path).unwrap();
+    bytes[7] = 250;
+    std::fs::write(&third.store.tokens_path, &bytes).unwrap();
+    let (fourth, m4) = prep(&[file.clone()], &opts);
+    assert!(m4.iter().any(|m| m.contains("holds id 250, outside the vocabulary") && m.ends_with("encoding the corpus again")), "{m4:?}");
+    let fourth = fourth.unwrap();
+    assert!(fourth.tokenizer.decode(&all_tokens(&fourth)) == "the dog sat on the mat\n".repeat(200).into_bytes(), "re-encoded whole");
     // The header says what and from where.
     let h = &third.store.header;
     assert_eq!((h.tokenizer.as_str(), h.dtype.as_str(), h.tokens, h.bytes), ("char", "u8", 4600, 4600));

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 from typing import Any, Optional
@@ -114,6 +115,9 @@ def sweep(spec: str, trials: Optional[int], storage: Optional[str], study_name: 
         # First Ctrl-C or SIGTERM: stop the running trials at a safe point. Second: at once.
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Raised inside a database read, the interrupt makes SQLAlchemy log a traceback while it
+        # closes the cursor; the one-line summary below says what happened.
+        logging.getLogger("sqlalchemy").setLevel(logging.CRITICAL)
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)

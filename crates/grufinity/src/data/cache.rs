@@ -184,15 +184,21 @@ impl Cache {
         let header_path = self.header_path(corpus, tokenizer);
         let fingerprint = format!("{:016x}", tokenizer.fingerprint());
         let mut old_tokens = None;
-        if let Ok(store) = TokenStore::open(&header_path) {
-            let h = &store.header;
-            if h.sources == sources && h.tokenizer_fingerprint == fingerprint {
-                on(&DataEvent::say("cache", format!("reusing {} cached tokens from {}", h.tokens, header_path.display()), total));
-                remove_orphans(&header_path, &h.tokens_file);
-                return Ok(store);
+        match TokenStore::open(&header_path) {
+            Ok(store) => {
+                let h = &store.header;
+                if h.sources == sources && h.tokenizer_fingerprint == fingerprint {
+                    on(&DataEvent::say("cache", format!("reusing {} cached tokens from {}", h.tokens, header_path.display()), total));
+                    remove_orphans(&header_path, &h.tokens_file);
+                    return Ok(store);
+                }
+                on(&DataEvent::say("cache", "the corpus changed since it was cached; encoding it again".into(), total));
+                old_tokens = Some(store.tokens_path);
             }
-            on(&DataEvent::say("cache", "the corpus changed since it was cached; encoding it again".into(), total));
-            old_tokens = Some(store.tokens_path);
+            Err(e) if header_path.exists() => {
+                on(&DataEvent::say("cache", format!("{e}; encoding the corpus again"), total));
+            }
+            Err(_) => {}
         }
         self.create()?;
         let store = encode_store(&header_path, corpus, sources, tokenizer, on)?;

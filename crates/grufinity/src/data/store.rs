@@ -84,6 +84,15 @@ impl TokenStore {
         // place; GRUfinity never modifies it afterwards (a new encoding is a new file), so
         // the mapped bytes do not change while they are read.
         let map = if size > 0 { Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tokens_path, e))?) } else { None };
+        // Ids the model cannot embed would fail deep inside training: a damaged token file
+        // (found by fuzzing) is refused here instead, and the cache encodes the corpus again.
+        let vocab = header.vocab_size as u64;
+        if let Some(map) = map.as_ref().filter(|_| vocab < 1u64 << (8 * width)) {
+            let largest = largest_id(map, width);
+            if largest >= vocab {
+                return Err(bad(format!("the token file holds id {largest}, outside the vocabulary of {vocab}; it is damaged")));
+            }
+        }
         Ok(Self { header, tokens_path, map, width, len })
     }
 
@@ -103,6 +112,22 @@ impl TokenStore {
         self.read_into(start, end, &mut out);
         out
     }
+}
+
+/// The largest id in `bytes`, little-endian ids of `width` bytes (read in parallel: a cache can
+/// be gigabytes).
+fn largest_id(bytes: &[u8], width: usize) -> u64 {
+    use rayon::prelude::*;
+    let chunk = width << 20;
+    bytes
+        .par_chunks(chunk)
+        .map(|c| match width {
+            1 => c.iter().copied().max().map_or(0, u64::from),
+            2 => c.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).max().map_or(0, u64::from),
+            _ => c.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).max().map_or(0, u64::from),
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 impl TokenSource for TokenStore {
