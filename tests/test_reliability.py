@@ -64,24 +64,16 @@ def test_keyboard_interrupt_from_on_event_stops_with_a_checkpoint(tmp_path, corp
     assert last_step(Path(outcome["run_dir"])) == outcome["step"]
 
 
-def test_ctrl_c_during_an_evaluation_stops_the_run(tmp_path):
-    # A corpus whose validation tail takes a second or more to evaluate.
-    corpus = tmp_path / "big.txt"
-    rng = np.random.default_rng(0)
-    corpus.write_bytes(bytes(rng.integers(97, 123, size=3_000_000, dtype=np.uint8)))
-    out = tmp_path / "runs"
+def interrupt_when(tmp_path, args: list[str], when) -> tuple[int, float, str]:
+    """Runs `grufinity train ARGS --progress json`, sends SIGINT at the first event for which
+    `when(event)` holds; returns the exit code, the seconds it took to stop, and stderr."""
     err = open(tmp_path / "err.txt", "w")
-    proc = subprocess.Popen(
-        [grufinity_exe(), "train", str(corpus), "--dim", "64", "--depth", "2", "--batch-size", "4", "--chunk-len", "32",
-         "--eval-every", "3", "--eval-tokens", "0", "--sample-tokens", "0", "--log-every", "1", "--max-time", "120",
-         "--out-dir", str(out), "--name", "e", "--progress", "json", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
-    )
+    proc = subprocess.Popen([grufinity_exe(), "train", *args, "--progress", "json", "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env())
     try:
         for line in proc.stdout:
-            e = json.loads(line)
-            if e["event"] == "step" and e["step"] == 3:
-                break  # the evaluation at step 3 starts now
+            if when(json.loads(line)):
+                break
         started = time.monotonic()
         proc.send_signal(signal.SIGINT)
         rc = proc.wait(timeout=60)
@@ -90,10 +82,26 @@ def test_ctrl_c_during_an_evaluation_stops_the_run(tmp_path):
         if proc.poll() is None:
             proc.kill()
         err.close()
-    assert rc == 130, (tmp_path / "err.txt").read_text()[-2000:]
+    return rc, waited, (tmp_path / "err.txt").read_text()
+
+
+def test_ctrl_c_during_an_evaluation_stops_the_run(tmp_path):
+    # A corpus whose validation tail takes a second or more to evaluate.
+    corpus = tmp_path / "big.txt"
+    rng = np.random.default_rng(0)
+    corpus.write_bytes(bytes(rng.integers(97, 123, size=3_000_000, dtype=np.uint8)))
+    out = tmp_path / "runs"
+    rc, waited, err = interrupt_when(
+        tmp_path,
+        [str(corpus), "--dim", "64", "--depth", "2", "--batch-size", "4", "--chunk-len", "32", "--eval-every", "3",
+         "--eval-tokens", "0", "--sample-tokens", "0", "--log-every", "1", "--max-time", "120",
+         "--out-dir", str(out), "--name", "e"],
+        lambda e: e["event"] == "step" and e["step"] == 3,  # the evaluation at step 3 starts now
+    )
+    assert rc == 130, err[-2000:]
     assert waited < 20, f"took {waited:.1f} s to stop"
     assert last_step(out / "e") == 3
-    assert "resume with" in (tmp_path / "err.txt").read_text()
+    assert "resume with" in err
 
 
 def test_ctrl_c_during_data_preparation_stops_at_once_and_caches_nothing(tmp_path):
@@ -104,27 +112,13 @@ def test_ctrl_c_during_data_preparation_stops_at_once_and_caches_nothing(tmp_pat
     rng = np.random.default_rng(1)
     corpus.write_bytes(b" ".join(rng.choice(words, size=10_000_000)))
     cache = tmp_path / "cache"
-    err = open(tmp_path / "err.txt", "w")
-    proc = subprocess.Popen(
-        [grufinity_exe(), "train", str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--dim", "16", "--depth", "1",
-         "--max-steps", "1", "--cache-dir", str(cache), "--out-dir", str(tmp_path / "runs"), "--name", "enc",
-         "--progress", "json", "--device", "cpu"],
-        stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(),
+    rc, waited, err = interrupt_when(
+        tmp_path,
+        [str(corpus), "--tokenizer", "bpe", "--vocab-size", "300", "--dim", "16", "--depth", "1", "--max-steps", "1",
+         "--cache-dir", str(cache), "--out-dir", str(tmp_path / "runs"), "--name", "enc"],
+        lambda e: e["event"] == "data" and e["done"] > 0,  # the tokenizer is being trained
     )
-    try:
-        for line in proc.stdout:
-            e = json.loads(line)
-            if e["event"] == "data" and e["done"] > 0:
-                break  # the tokenizer is being trained
-        started = time.monotonic()
-        proc.send_signal(signal.SIGINT)
-        rc = proc.wait(timeout=60)
-        waited = time.monotonic() - started
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        err.close()
-    assert rc == 130, (tmp_path / "err.txt").read_text()[-2000:]
+    assert rc == 130, err[-2000:]
     assert waited < 10, f"took {waited:.1f} s to stop"
     assert not list(cache.glob("*")), f"something was cached: {[p.name for p in cache.glob('*')]}"
 
