@@ -82,8 +82,7 @@ pub fn write_dir_atomically(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) 
     }
     // Elsewhere: move the old one aside, then the new one in (a crash between the two renames
     // leaves no `dir`).
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
-    let old = parent.join(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()));
+    let old = aside(dir);
     if replaced {
         std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     }
@@ -127,10 +126,16 @@ fn exchange(a: &Path, b: &Path) -> bool {
 /// name first (`.tmp-old-<name>-<pid>`), then deleted; a crash in between leaves a temporary
 /// that [`remove_stale_temporaries`] deletes later.
 pub fn remove_dir_atomically(dir: &Path) -> Result<()> {
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
-    let old = dir.with_file_name(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()));
+    let old = aside(dir);
     std::fs::rename(dir, &old).map_err(|e| Error::io(dir, e))?;
     std::fs::remove_dir_all(&old).map_err(|e| Error::io(&old, e))
+}
+
+/// Where `dir` is moved while it is replaced or removed: `.tmp-old-<name>-<pid>` beside it, a
+/// temporary that [`remove_stale_temporaries`] deletes once this process is gone.
+fn aside(dir: &Path) -> PathBuf {
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("dir");
+    dir.with_file_name(format!("{TEMP_PREFIX}old-{name}-{}", std::process::id()))
 }
 
 /// Points the link `name` (e.g. `last`, `best`) inside `dir` at `target` (a sibling's name),
