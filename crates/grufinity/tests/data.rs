@@ -199,6 +199,13 @@ fn tokenizers_serialise_and_load() {
     let loaded = Tokenizer::from_file(&path).unwrap().with_doc_separator(true).unwrap();
     assert_eq!(loaded.encode(b"to be or not"), tok.encode(b"to be or not"));
     assert_eq!(loaded.doc_separator(), Some(id));
+
+    // A token id far past the vocabulary is refused before anything is sized by it.
+    let mut huge = value.clone();
+    huge["model"]["vocab"]["stray"] = serde_json::json!(4_000_000_000u64);
+    std::fs::write(&path, huge.to_string()).unwrap();
+    let err = Tokenizer::from_file(&path).unwrap_err().to_string();
+    assert!(err.contains("largest token id is 4000000000"), "{err}");
 }
 
 // ------------------------------------------------------------------ stores and the cache

@@ -107,6 +107,11 @@ impl Bpe {
         if size < 2 {
             return Err("its vocabulary is empty".into());
         }
+        // Ids index a table of pieces (and the model's embedding): one stray id of 2^31 would
+        // ask for tens of gigabytes (found by fuzzing).
+        if size > MAX_BPE_VOCAB {
+            return Err(format!("its largest token id is {}, above the {MAX_BPE_VOCAB} tokens supported", size - 1));
+        }
         let specials = inner.get_added_tokens_decoder();
         let map = char_to_byte();
         let mut pieces = vec![Piece { bytes: Box::new([]), special: false }; size];
