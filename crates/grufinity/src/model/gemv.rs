@@ -12,12 +12,32 @@ pub(crate) trait Weight: Copy + Sync {
 
     /// `[w_j · x for j in 0..4]`, all rows as long as `x`.
     fn dot4(w: [&[Self]; 4], x: &[f32]) -> [f32; 4];
+
+    /// The four rows as f32, converted into `scratch` (`[4 * len]`) unless they are f32 already.
+    /// A step of several rows converts each weight once and reuses it for every row; f32 dot
+    /// products of the converted rows equal [`Weight::dot4`] exactly (the conversion is exact).
+    fn widen4<'a>(w: [&'a [Self]; 4], scratch: &'a mut [f32]) -> [&'a [f32]; 4] {
+        let mut rest = scratch;
+        std::array::from_fn(|j| {
+            let (out, tail) = std::mem::take(&mut rest).split_at_mut(w[j].len());
+            rest = tail;
+            for (o, &v) in out.iter_mut().zip(w[j]) {
+                *o = v.value();
+            }
+            let out: &'a [f32] = out;
+            out
+        })
+    }
 }
 
 impl Weight for f32 {
     #[inline(always)]
     fn value(self) -> f32 {
         self
+    }
+
+    fn widen4<'a>(w: [&'a [f32]; 4], _scratch: &'a mut [f32]) -> [&'a [f32]; 4] {
+        w
     }
 
     fn dot4(w: [&[f32]; 4], x: &[f32]) -> [f32; 4] {
@@ -198,6 +218,11 @@ mod tests {
             let exact16: [f64; 4] = std::array::from_fn(|j| {
                 bits[j].iter().zip(&x).map(|(&a, &b)| a.value() as f64 * b as f64).sum()
             });
+            // Several decoding rows take the widened weights through the f32 kernel: the same
+            // sums, bit for bit, as the kernels of the stored types (so batched == single).
+            let mut scratch = vec![0.0f32; 4 * n];
+            assert_eq!(f32::dot4(u16::widen4(rows16, &mut scratch), &x), u16::dot4(rows16, &x), "n={n}");
+            assert_eq!(f32::dot4(i8::widen4(rows8, &mut scratch), &x), i8::dot4(rows8, &x), "n={n}");
             for (got, want) in [
                 (f32::dot4(rows, &x), exact),
                 (portable(rows, &x), exact),

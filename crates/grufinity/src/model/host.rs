@@ -92,10 +92,20 @@ impl Matrix {
             let first = i * BLOCK;
             let n = out.len() / m;
             let quads = n / 4 * 4;
+            // With several rows, bf16/int8 weights are converted once per quad, not once per row.
+            let mut scratch = if m > 1 { vec![0.0f32; 4 * cols] } else { Vec::new() };
             for q in (0..quads).step_by(4) {
                 let ws: [&[W]; 4] = std::array::from_fn(|j| &w[(first + q + j) * cols..(first + q + j + 1) * cols]);
+                if m == 1 {
+                    let d = W::dot4(ws, x);
+                    for (j, v) in d.into_iter().enumerate() {
+                        out[q + j] = v;
+                    }
+                    continue;
+                }
+                let wf = W::widen4(ws, &mut scratch);
                 for r in 0..m {
-                    let d = W::dot4(ws, &x[r * cols..(r + 1) * cols]);
+                    let d = f32::dot4(wf, &x[r * cols..(r + 1) * cols]);
                     for (j, v) in d.into_iter().enumerate() {
                         out[(q + j) * m + r] = v;
                     }
