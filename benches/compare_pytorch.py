@@ -2,8 +2,8 @@
 
 Usage (after ``pip install -r benches/requirements.txt``, or ``pip install '.[bench]'``)::
 
-    python benches/compare_pytorch.py                       # all configs, default budgets (~28 min)
-    python benches/compare_pytorch.py --configs small --budget 20      # a quick check
+    python benches/compare_pytorch.py                       # all configs, default budgets (~95 min)
+    python benches/compare_pytorch.py --configs small --budget 20 --bf16-configs small   # a quick check
     python benches/compare_pytorch.py --update-readme        # also rewrite README's results table
 
 Both frameworks train the same architecture (byte tokens, RMSNorm pre-norm blocks of a minGRU with
@@ -14,11 +14,17 @@ the recurrent state carried (detached) from chunk to chunk, new random chunk off
 (GRUfinity's own stream batcher, reimplemented here for PyTorch), AdamW with a constant learning
 rate, decoupled weight decay on linear-layer matrices only, and global-norm gradient clipping.
 Each run trains for a wall-clock budget, then evaluates on the validation tail (the same rows and
-chunks for both: B contiguous regions, state carried) and times single-stream greedy decoding with
-the cached state, with the f32 weights and again in bfloat16.
+chunks for both: B contiguous regions, state carried) and times greedy decoding with the cached
+state: one stream with f32, bf16 and int8 weights (PyTorch: ``quantize_dynamic``), and 1, 4 and 16
+streams decoded together (``benches/decode_latency.py``'s measurements).
 
-Every run is a separate subprocess (its peak RSS is that process's own, from ``wait4``); runs of
-the two frameworks alternate. Results: a table on stdout, ``benches/results.md`` (with the machine
+The runs of each config: GRUfinity, PyTorch eager and PyTorch with ``torch.compile`` (the training
+forward and backward, compiled before the budget starts; it decodes eagerly, so its decoding is
+not measured again), all with f32 products; for the configs of ``--bf16-configs`` also GRUfinity
+``--precision bf16`` and PyTorch under ``torch.autocast("cpu", dtype=torch.bfloat16)``.
+
+Every run is a separate subprocess (its peak RSS is that process's own, from ``wait4``); each repeat
+runs a config's variants in the reverse order of the one before. Results: a table on stdout, ``benches/results.md`` (with the machine
 and the date), ``benches/curves.csv`` (training and validation loss against time), and with
 ``--update-readme`` the section of README.md between ``<!-- bench:start -->`` and
 ``<!-- bench:end -->``.
@@ -51,21 +57,27 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from compare_workers import BATCHED_STEPS, BF16_EVAL_BYTES, DECODE_REPEATS, MINGRU_PYTORCH_TESTED, log, worker_main
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
-FRAMEWORKS = ("grufinity", "pytorch")
+FRAMEWORKS = ("grufinity", "pytorch", "pytorch-compile")
+#: Each run: (worker kind, torch.compile, training precision), by its name in the tables.
+VARIANTS = {
+    "grufinity": ("grufinity", False, "f32"),
+    "pytorch": ("pytorch", False, "f32"),
+    "pytorch-compile": ("pytorch", True, "f32"),
+    "grufinity-bf16": ("grufinity", False, "bf16"),
+    "pytorch-bf16": ("pytorch", False, "bf16"),
+}
 CONFIGS = {
     "small": {"dim": 128, "depth": 4},
     "reference": {"dim": 256, "depth": 4},
     "large": {"dim": 512, "depth": 6},
 }
-DEFAULT_BUDGETS = {"small": 60.0, "reference": 600.0, "large": 100.0}
-#: Validation bytes (from the start of the held-out tail) on which the loss of the bf16-rounded
-#: weights is compared with the f32 weights'.
-BF16_EVAL_BYTES = 32768
+DEFAULT_BUDGETS = {"small": 60.0, "reference": 600.0, "large": 600.0}
 README_START = "<!-- bench:start -->"
 README_END = "<!-- bench:end -->"
-MINGRU_PYTORCH_TESTED = "0.2.1"
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,18 +101,6 @@ def data_layout(spec: dict[str, Any]) -> dict[str, Any]:
     return {"n_train": n_train, "epochs": epochs, "eval": [eval_starts, eval_per_row]}
 
 
-def peak_rss_self_mib() -> float:
-    """This process' peak resident set so far (VmHWM), MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
 
 def busy_cpus(seconds: float = 2.0) -> float:
     """How many CPUs other work keeps busy, measured over ``seconds`` from /proc/stat (NaN where
@@ -122,347 +122,6 @@ def busy_cpus(seconds: float = 2.0) -> float:
 
 BUSY_LIMIT = 0.25  # CPUs of other work above which a run's timings are flagged
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-# --------------------------------------------------------------------------------------------
-# Workers (each run is a subprocess: `compare_pytorch.py _worker SPEC.json RESULT.json`).
-# --------------------------------------------------------------------------------------------
-
-
-def worker_grufinity(spec: dict[str, Any]) -> dict[str, Any]:
-    import grufinity
-
-    import_rss = peak_rss_self_mib()
-
-    work = Path(spec["work_dir"])
-    options = dict(
-        data=[spec["data"]],
-        out_dir=str(work / "runs"),
-        name=spec["run_name"],
-        device=spec["device"],
-        seed=spec["seed"],
-        dim=spec["dim"],
-        depth=spec["depth"],
-        expansion=1.5,
-        ff_mult=4.0,
-        ff_kind="gelu",
-        conv_kernel=0,
-        tie_embeddings=False,
-        dropout=0.0,
-        tokenizer="byte",
-        cache_dir=str(work / "cache"),
-        batch_size=spec["batch"],
-        chunk_len=spec["chunk"],
-        val_fraction=spec["val_fraction"],
-        lr=spec["lr"],
-        warmup=0,
-        schedule="constant",
-        weight_decay=spec["weight_decay"],
-        beta1=spec["beta1"],
-        beta2=spec["beta2"],
-        eps=spec["eps"],
-        grad_clip=spec["grad_clip"],
-        max_steps=None,
-        max_time=spec["budget"],
-        eval_every=spec["eval_every"],
-        eval_tokens=spec["eval_tokens"],
-        save_every=0,
-        keep_last=1,
-        log_every=spec["log_every"],
-        sample_tokens=0,
-        precision=spec["precision"],
-    )
-    cfg = grufinity.TrainConfig(**options)
-    steps: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    info: dict[str, Any] = {}
-    tag = spec["tag"]
-
-    def on_event(e: dict[str, Any]) -> None:
-        kind = e.get("event")
-        if kind == "start":
-            info.update(params=e["params"], device=e["device"], train_tokens=e["train_tokens"], val_tokens=e["val_tokens"])
-        elif kind == "step":
-            steps.append({k: e[k] for k in ("step", "tokens", "loss", "tokens_per_sec", "elapsed")})
-        elif kind == "eval":
-            evals.append({k: e[k] for k in ("step", "tokens", "val_loss", "elapsed")})
-            log(f"  [{tag}] step {e['step']:>6}  {e['elapsed']:7.1f} s  val loss {e['val_loss']:.4f}")
-        elif kind == "done":
-            info.update(done_elapsed=e["elapsed"], done_step=e["step"], done_tokens=e["tokens"])
-
-    ext = Path(grufinity._grufinity.__file__)
-    built = datetime.datetime.fromtimestamp(ext.stat().st_mtime).astimezone().strftime("%Y-%m-%d %H:%M %Z")
-    outcome = grufinity.train(cfg, on_event)
-    train_rss = peak_rss_self_mib()
-    model = grufinity.load(outcome["run_dir"], device=spec["device"])
-    matmul = sum(int(a.size) for name, a in model.parameters().items() if a.ndim == 2 and "embedding" not in name)
-    # Decoding: single stream, greedy, the state cached between tokens (inside generate).
-    model.generate("\n", max_new_tokens=16, temperature=0.0)
-    n = spec["decode_tokens"]
-
-    def decode_secs(m: Any) -> float:
-        t0 = time.perf_counter()
-        out, _state = m.generate_bytes("\n", max_new_tokens=n, temperature=0.0)
-        secs = time.perf_counter() - t0
-        if len(out) != n:
-            raise RuntimeError(f"GRUfinity generated {len(out)} tokens, expected {n}")
-        return secs
-
-    decode_s = decode_secs(model)
-    # The same weights rounded to bfloat16 (`dtype="bf16"`): speed, and what it costs in loss.
-    bf16 = grufinity.load(outcome["run_dir"], device=spec["device"], dtype="bf16")
-    bf16.generate("\n", max_new_tokens=16, temperature=0.0)
-    decode_bf16_s = decode_secs(bf16)
-    # And as int8 (per-output-channel scales, `dtype="int8"`).
-    int8 = grufinity.load(outcome["run_dir"], device=spec["device"], dtype="int8")
-    int8.generate("\n", max_new_tokens=16, temperature=0.0)
-    decode_int8_s = decode_secs(int8)
-    raw = Path(spec["data"]).read_bytes()
-    val = raw[grufinity._grufinity.split_point(len(raw), spec["val_fraction"]):][:BF16_EVAL_BYTES]
-    f32_loss = model.evaluate(val)["loss"]
-    bf16_loss_delta = bf16.evaluate(val)["loss"] - f32_loss
-    int8_loss_delta = int8.evaluate(val)["loss"] - f32_loss
-    return {
-        "params": model.num_params,
-        "matmul_params": matmul,
-        "steps": steps,
-        "evals": evals,
-        "final_val_loss": outcome["final_val_loss"],
-        "final_step": outcome["step"],
-        "train_elapsed": info.get("done_elapsed"),
-        "decode_tokens": n,
-        "decode_s": decode_s,
-        "decode_bf16_s": decode_bf16_s,
-        "decode_int8_s": decode_int8_s,
-        "bf16_loss_delta": bf16_loss_delta,
-        "int8_loss_delta": int8_loss_delta,
-        "train_rss_mib": train_rss,
-        "import_rss_mib": import_rss,
-        "decode_threads": spec["threads"],
-        "device": info.get("device"),
-        "version": f"{grufinity.__version__} (extension built {built})",
-    }
-
-
-def _mingru_layers(model: Any) -> list[tuple[Any, ...]]:
-    """The layers of a ``minLM`` as (norm, mingru, ff_norm, ff); checks the layout this driver
-    assumes (mingru-pytorch 0.2.x: conv, norm, minGRU, norm, feed-forward, dropout)."""
-    layers = []
-    for layer in model.layers:
-        parts = list(layer)
-        if len(parts) != 6 or parts[0] is not None or parts[5] is not None:
-            raise RuntimeError(
-                f"unexpected minLM layer layout {[type(p).__name__ for p in parts]}; this driver was "
-                f"written for mingru-pytorch {MINGRU_PYTORCH_TESTED} (no conv, no dropout)"
-            )
-        layers.append((parts[1], parts[2], parts[3], parts[4]))
-    return layers
-
-
-def mingru_forward(model: Any, layers: list[tuple[Any, ...]], tokens: Any, prev: Optional[list[Any]]) -> tuple[Any, list[Any]]:
-    """``minLM.forward`` for a whole chunk continuing the per-layer hidden states ``prev`` (None =
-    from the start): the package's own modules, in its order. Returns (logits, next hiddens)."""
-    x = model.token_emb(tokens)
-    nxt = []
-    for i, (norm, mingru, ff_norm, ff) in enumerate(layers):
-        out, h = mingru(norm(x), None if prev is None else prev[i], return_next_prev_hidden=True)
-        x = out + x
-        nxt.append(h)
-        x = ff(ff_norm(x)) + x
-    return model.to_logits(model.norm(x)), nxt
-
-
-def worker_pytorch(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-    import torch
-    import torch.nn.functional as F
-    from importlib.metadata import version
-
-    from minGRU_pytorch.minLM import minLM
-
-    import_rss = peak_rss_self_mib()
-    torch.set_num_threads(spec["threads"])
-    torch.manual_seed(spec["seed"])
-    raw = np.frombuffer(Path(spec["data"]).read_bytes(), dtype=np.uint8)
-    data = torch.from_numpy(raw.astype(np.int64))
-    layout = spec["layout"]
-    n_train = layout["n_train"]
-    train, val = data[:n_train], data[n_train:]
-    B, T, V = spec["batch"], spec["chunk"], 256
-    model = minLM(num_tokens=V, dim=spec["dim"], depth=spec["depth"], ff_mult=4, expansion=1.5, enable_conv=False, dropout=0.0)
-    layers = _mingru_layers(model)
-    linear_weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    decay_ids = {id(p) for p in linear_weights}
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if id(p) in decay_ids], "weight_decay": spec["weight_decay"]},
-        {"params": [p for p in params if id(p) not in decay_ids], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=spec["lr"], betas=(spec["beta1"], spec["beta2"]), eps=spec["eps"])
-
-    def evaluate() -> float:
-        starts, per_row = layout["eval"]
-        rows = torch.tensor(starts)
-        state, total, count, pos = None, 0.0, 0, 0
-        model.eval()
-        with torch.inference_mode():
-            while pos < per_row:
-                t = min(T, per_row - pos)
-                idx = rows[:, None] + pos + torch.arange(t + 1)
-                seg = val[idx]
-                logits, state = mingru_forward(model, layers, seg[:, :-1], state)
-                loss = F.cross_entropy(logits.reshape(-1, V), seg[:, 1:].reshape(-1))
-                total += loss.item() * seg.shape[0] * t
-                count += seg.shape[0] * t
-                pos += t
-        model.train()
-        return total / max(count, 1)
-
-    steps: list[dict[str, Any]] = []
-    evals: list[dict[str, Any]] = []
-    tag, budget, log_every, eval_every = spec["tag"], spec["budget"], spec["log_every"], spec["eval_every"]
-    epoch, epoch_step = 0, 0
-    starts, per_epoch = layout["epochs"][epoch]
-    arange = torch.arange(T + 1)
-    state: Optional[list[Any]] = None
-    step, tokens = 0, 0
-    clock = time.perf_counter()
-    window_t, window_tok = time.perf_counter(), 0
-    elapsed = 0.0
-    while time.perf_counter() - clock < budget:
-        if epoch_step >= per_epoch:
-            epoch, epoch_step = epoch + 1, 0
-            starts, per_epoch = layout["epochs"][epoch]
-        if epoch_step == 0:
-            state = None  # every stream starts a new region
-        idx = torch.tensor(starts)[:, None] + epoch_step * T + arange
-        seg = train[idx]
-        epoch_step += 1
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=spec["precision"] == "bf16"):
-            logits, nxt = mingru_forward(model, layers, seg[:, :-1], state)
-            loss = F.cross_entropy(logits.reshape(-1, V).float(), seg[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise RuntimeError(f"PyTorch loss is {value} at step {step + 1}")
-        if spec["grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, spec["grad_clip"])
-        opt.step()
-        state = [h.detach().float() for h in nxt]
-        step += 1
-        tokens += B * T
-        window_tok += B * T
-        elapsed = time.perf_counter() - clock
-        if step % log_every == 0 or step == 1:
-            now = time.perf_counter()
-            steps.append({"step": step, "tokens": tokens, "loss": value, "tokens_per_sec": window_tok / max(now - window_t, 1e-9), "elapsed": elapsed})
-            window_t, window_tok = now, 0
-        if eval_every > 0 and step % eval_every == 0:
-            v = evaluate()
-            evals.append({"step": step, "tokens": tokens, "val_loss": v, "elapsed": elapsed})
-            log(f"  [{tag}] step {step:>6}  {elapsed:7.1f} s  val loss {v:.4f}")
-            window_t, window_tok = time.perf_counter(), 0
-    if evals and evals[-1]["step"] == step:  # the budget ran out during an evaluation
-        v = evals[-1]["val_loss"]
-    else:
-        v = evaluate()
-        evals.append({"step": step, "tokens": tokens, "val_loss": v, "elapsed": elapsed})
-        log(f"  [{tag}] step {step:>6}  {elapsed:7.1f} s  val loss {v:.4f}")
-    train_rss = peak_rss_self_mib()
-
-    # Decoding: single stream, greedy, minLM.forward with the cached prev_hiddens.
-    model.eval()
-    n = spec["decode_tokens"]
-
-    def decode(count: int, model: Any = model) -> list[int]:
-        out: list[int] = []
-        with torch.inference_mode():
-            logits, hiddens = model(torch.tensor([[ord("\n")]]), return_prev_hiddens=True)
-            tok = logits[:, -1].argmax(-1, keepdim=True)
-            out.append(int(tok.item()))
-            while len(out) < count:
-                logits, hiddens = model(tok, return_prev_hiddens=True, prev_hiddens=hiddens)
-                tok = logits[:, -1].argmax(-1, keepdim=True)
-                out.append(int(tok.item()))
-        return out
-
-    # One-token steps are tiny: PyTorch's OpenMP threads can cost more than they give (much
-    # more on a busy machine), so PyTorch gets the faster of 1 thread and the run's threads.
-    decode_s, decode_threads = math.inf, spec["threads"]
-    for threads in sorted({1, spec["threads"]}):
-        torch.set_num_threads(threads)
-        decode(16)
-        t0 = time.perf_counter()
-        out = decode(n)
-        secs = time.perf_counter() - t0
-        assert len(out) == n
-        if secs < decode_s:
-            decode_s, decode_threads = secs, threads
-    # Dynamic int8 quantisation of the Linear layers (int8 weights, activations quantised on the
-    # fly), then the model in bfloat16, on the thread count that decoded faster in float32.
-    torch.set_num_threads(decode_threads)
-    import warnings
-
-    warnings.filterwarnings("ignore", category=DeprecationWarning)  # quantize_dynamic moves to torchao
-    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-    model_int8 = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    decode(16, model_int8)
-    t0 = time.perf_counter()
-    assert len(decode(n, model_int8)) == n
-    decode_int8_s = time.perf_counter() - t0
-    model_bf16 = model.to(torch.bfloat16)
-    decode(16, model_bf16)
-    t0 = time.perf_counter()
-    assert len(decode(n, model_bf16)) == n
-    decode_bf16_s = time.perf_counter() - t0
-    torch.set_num_threads(spec["threads"])
-    return {
-        "params": sum(p.numel() for p in params),
-        "matmul_params": sum(p.numel() for p in linear_weights),
-        "steps": steps,
-        "evals": evals,
-        "final_val_loss": v,
-        "final_step": step,
-        "train_elapsed": elapsed,
-        "decode_tokens": n,
-        "decode_s": decode_s,
-        "decode_bf16_s": decode_bf16_s,
-        "decode_int8_s": decode_int8_s,
-        "train_rss_mib": train_rss,
-        "import_rss_mib": import_rss,
-        "decode_threads": decode_threads,
-        "device": "cpu",
-        "version": f"torch {torch.__version__}, mingru-pytorch {version('mingru-pytorch')}",
-    }
-
-
-def worker_flops(spec: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
-
-    n, reps = spec["n"], spec["reps"]
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, n), dtype=np.float32)
-    b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), dtype=np.float32)
-    np.matmul(a, b, out=c)
-    best = math.inf
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        np.matmul(a, b, out=c)
-        best = min(best, time.perf_counter() - t0)
-    return {"flops": 2.0 * n**3 / best, "n": n, "seconds": best, "numpy": np.__version__}
-
-
-def worker_main(spec_path: str, result_path: str) -> int:
-    spec = json.loads(Path(spec_path).read_text())
-    fn = {"grufinity": worker_grufinity, "pytorch": worker_pytorch, "flops": worker_flops}[spec["kind"]]
-    result = fn(spec)
-    Path(result_path).write_text(json.dumps(result))
-    return 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -537,66 +196,96 @@ def machine_description() -> dict[str, str]:
     }
 
 
-def fmt_num(x: Optional[float], digits: int = 0) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    return f"{x:,.{digits}f}"
+def summarize(runs: list[dict[str, Any]], peak_flops: float) -> dict[str, Any]:
+    """Medians over the repeats of one variant and config."""
 
-
-def fmt_ratio(a: Optional[float], b: Optional[float]) -> str:
-    if a is None or b is None or not b or math.isnan(a) or math.isnan(b):
-        return "-"
-    return f"{a / b:.2f}x"
-
-
-def summarize(runs: list[dict[str, Any]], peak_flops: float) -> dict[str, float]:
-    """Medians over the repeats of one framework and config."""
-
-    def med(key: str) -> float:
-        vals = [r[key] for r in runs if r.get(key) is not None and not math.isnan(r[key])]
+    def med(values: list[Any]) -> float:
+        vals = [v for v in values if v is not None and not math.isnan(v)]
         return statistics.median(vals) if vals else float("nan")
 
-    out = {k: med(k) for k in ("train_tps", "decode_tps", "decode_bf16_tps", "decode_int8_tps", "bf16_loss_delta",
-                               "int8_loss_delta", "rss_mib", "import_rss_mib",
-                               "val_loss", "steps", "params", "matmul_params")}
+    out: dict[str, Any] = {k: med([r.get(k) for r in runs]) for k in (
+        "train_tps", "decode_tps", "decode_bf16_tps", "decode_int8_tps", "bf16_loss_delta", "int8_loss_delta", "rss_mib",
+        "import_rss_mib", "val_loss", "steps", "params", "matmul_params", "compile_s")}
     out["flop_util"] = out["train_tps"] * 6 * out["matmul_params"] / peak_flops if peak_flops else float("nan")
+    batched = [r["result"].get("batched") for r in runs if r["result"].get("batched")]
+    out["batched"] = {dtype: {streams: med([b[dtype][streams] for b in batched]) for streams in batched[0][dtype]}
+                      for dtype in batched[0]} if batched else {}
     return out
 
 
-def results_table(summary: dict[str, dict[str, dict[str, float]]], budgets: dict[str, float]) -> str:
+def _num(x: Optional[float], digits: int, percent: bool = False) -> str:
+    if x is None or math.isnan(x):
+        return "-"
+    return f"{100 * x:.{digits}f}%" if percent else f"{x:,.{digits}f}"
+
+
+def results_table(summary: dict[str, dict[str, dict[str, Any]]], budgets: dict[str, float]) -> str:
+    """One block of rows per config: GRUfinity, PyTorch eager, PyTorch with torch.compile, and
+    GRUfinity against the best PyTorch figure of the row (speeds: a ratio; losses: a difference)."""
     lines = [
-        "| config | metric | GRUfinity | PyTorch + mingru-pytorch | GRUfinity / PyTorch |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| config | metric | GRUfinity | PyTorch + mingru-pytorch | PyTorch, torch.compile | GRUfinity / best PyTorch |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, by_fw in summary.items():
-        g, p = by_fw.get("grufinity", {}), by_fw.get("pytorch", {})
+    for name, by in summary.items():
+        g, p, pc = by.get("grufinity", {}), by.get("pytorch", {}), by.get("pytorch-compile", {})
+        gb, pb = by.get("grufinity-bf16", {}), by.get("pytorch-bf16", {})
         c = CONFIGS[name]
         params = g.get("params", p.get("params", float("nan")))
         label = f"{name} (dim {c['dim']}, depth {c['depth']}, {params / 1e6:.2f}M params)"
-        rows = [
-            ("training tokens/s", "train_tps", 0, "higher is better"),
-            ("decoding tokens/s (1 stream, cached state)", "decode_tps", 0, ""),
-            ("decoding tokens/s, bf16 weights", "decode_bf16_tps", 0, ""),
-            (f"bf16 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", "bf16_loss_delta", 4, ""),
-            ("decoding tokens/s, int8 weights (PyTorch: quantize_dynamic)", "decode_int8_tps", 0, ""),
-            (f"int8 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", "int8_loss_delta", 4, ""),
-            ("peak RSS, MiB", "rss_mib", 0, ""),
-            ("RSS after imports (part of the peak), MiB", "import_rss_mib", 0, ""),
-            (f"validation loss after {budgets[name]:g} s, nats/byte", "val_loss", 4, ""),
-            ("optimiser steps in the budget", "steps", 0, ""),
-            ("FLOP utilisation (6 x matmul params x tokens/s)", "flop_util", 1, ""),
+        budget = f"{budgets[name]:g} s"
+        # (metric, GRUfinity's, PyTorch's, compiled PyTorch's summary, key, digits, better)
+        rows: list[tuple[str, dict, dict, dict, str, int, str]] = [
+            ("training tokens/s", g, p, pc, "train_tps", 0, "higher"),
+            ("training tokens/s, bf16 products (PyTorch: CPU autocast)", gb, pb, {}, "train_tps", 0, "higher"),
+            ("decoding tokens/s (1 stream, cached state)", g, p, {}, "decode_tps", 0, "higher"),
+            ("decoding tokens/s, bf16 weights", g, p, {}, "decode_bf16_tps", 0, "higher"),
+            (f"bf16 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", g, {}, {}, "bf16_loss_delta", 4, ""),
+            ("decoding tokens/s, int8 weights (PyTorch: quantize_dynamic)", g, p, {}, "decode_int8_tps", 0, "higher"),
+            (f"int8 weights' loss - f32 weights' loss ({BF16_EVAL_BYTES // 1024} KiB of validation)", g, {}, {}, "int8_loss_delta", 4, ""),
+            ("peak RSS, MiB", g, p, pc, "rss_mib", 0, "lower"),
+            ("RSS after imports (part of the peak), MiB", g, p, pc, "import_rss_mib", 0, "lower"),
+            (f"validation loss after {budget}, nats/byte", g, p, pc, "val_loss", 4, "diff"),
+            (f"validation loss after {budget}, bf16 products", gb, pb, {}, "val_loss", 4, "diff"),
+            ("optimiser steps in the budget", g, p, pc, "steps", 0, "higher"),
+            ("FLOP utilisation (6 x matmul params x tokens/s)", g, p, pc, "flop_util", 1, "higher"),
         ]
-        for i, (metric, key, digits, _) in enumerate(rows):
-            gv, pv = g.get(key), p.get(key)
-            if key == "flop_util":
-                gs = "-" if gv is None or math.isnan(gv) else f"{100 * gv:.{digits}f}%"
-                ps = "-" if pv is None or math.isnan(pv) else f"{100 * pv:.{digits}f}%"
-            else:
-                gs, ps = fmt_num(gv, digits), fmt_num(pv, digits)
-            ratio = fmt_ratio(gv, pv) if not key.endswith("_loss_delta") else ""
-            if key == "val_loss" and gv is not None and pv is not None and not math.isnan(gv) and not math.isnan(pv):
-                ratio = f"{gv - pv:+.4f} (diff)"
-            lines.append(f"| {label if i == 0 else ''} | {metric} | {gs} | {ps} | {ratio} |")
+        first = True
+        for metric, gs, ps, pcs, key, digits, better in rows:
+            gv, pv, pcv = gs.get(key), ps.get(key), pcs.get(key)
+            if gv is None and pv is None:
+                continue  # a variant this run did not train (bf16 off for this config)
+            theirs = [v for v in (pv, pcv) if v is not None and not math.isnan(v)]
+            ratio = ""
+            if gv is not None and not math.isnan(gv) and theirs:
+                if better == "diff":
+                    ratio = f"{gv - min(theirs):+.4f} (diff)"
+                elif better:
+                    ratio = f"{gv / (max(theirs) if better == 'higher' else min(theirs)):.2f}x"
+            if key == "train_tps" and gs is gb and gv is not None:
+                fastest = max((v for v in (p.get(key), pc.get(key), pb.get(key)) if v is not None and not math.isnan(v)), default=None)
+                if fastest:
+                    ratio += f" ({gv / fastest:.2f}x the fastest PyTorch run, any precision)"
+            percent = key == "flop_util"
+            lines.append(f"| {label if first else ''} | {metric} | {_num(gv, digits, percent)} | {_num(pv, digits, percent)} "
+                         f"| {_num(pcv, digits, percent)} | {ratio} |")
+            first = False
+        if pc.get("compile_s") is not None and not math.isnan(pc["compile_s"]):
+            lines.append(f"|  | torch.compile time before the budget, s | - | - | {pc['compile_s']:.0f} |  |")
+    return "\n".join(lines)
+
+
+def batched_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """Greedy decoding tokens/s summed over 1, 4 and 16 streams decoded together."""
+    lines = ["| config | weights | GRUfinity tokens/s (1 / 4 / 16 streams) | PyTorch tokens/s (1 / 4 / 16) | GRUfinity / PyTorch |",
+             "| --- | --- | ---: | ---: | ---: |"]
+    for name, by in summary.items():
+        g, p = by.get("grufinity", {}).get("batched", {}), by.get("pytorch", {}).get("batched", {})
+        for i, dtype in enumerate(g or p):
+            gs, ps = g.get(dtype, {}), p.get(dtype, {})
+            streams = list(gs or ps)
+            ratio = " / ".join(f"{gs[n] / ps[n]:.2f}x" if n in gs and n in ps else "-" for n in streams)
+            lines.append(f"| {name if i == 0 else ''} | {dtype} | {' / '.join(_num(gs.get(n), 0) for n in streams)} | "
+                         f"{' / '.join(_num(ps.get(n), 0) for n in streams)} | {ratio} |")
     return "\n".join(lines)
 
 
@@ -635,7 +324,7 @@ def update_readme(readme: Path, section: str) -> str:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--configs", default="small,reference,large", help="comma-separated: " + ", ".join(CONFIGS))
-    ap.add_argument("--frameworks", default="grufinity,pytorch", help="comma-separated: " + ", ".join(FRAMEWORKS))
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS), help="comma-separated: " + ", ".join(FRAMEWORKS))
     ap.add_argument("--budget", type=float, default=None, help="training seconds per run for every config (overrides the per-config budgets)")
     for name, secs in DEFAULT_BUDGETS.items():
         ap.add_argument(f"--budget-{name}", type=float, default=secs, help=f"training seconds per run of the {name} config")
@@ -657,9 +346,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--decode-tokens", type=int, default=500, help="tokens generated for the decoding speed")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="threads for both frameworks and the matmul peak")
     ap.add_argument("--device", default="cpu", help="GRUfinity device (PyTorch runs on the CPU)")
-    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
-                    help="training products: bf16 is GRUfinity's --precision bf16 against PyTorch's "
-                         "torch.autocast('cpu', dtype=torch.bfloat16); results go to results-bf16.md and the README is left alone")
+    ap.add_argument("--bf16-configs", default="large",
+                    help="configs also trained with bf16 products: GRUfinity's --precision bf16 against PyTorch's "
+                         "torch.autocast('cpu', dtype=torch.bfloat16) (comma-separated, '' for none)")
     ap.add_argument("--matmul-size", type=int, default=2048, help="side of the square float32 matmuls that measure the peak")
     ap.add_argument("--out", default=str(ROOT / "benches"), help="folder for results.md and curves.csv")
     ap.add_argument("--update-readme", action="store_true", help="rewrite README.md's section between the bench markers")
@@ -668,7 +357,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = ap.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
-    for c in args.configs:
+    args.bf16_configs = [c.strip() for c in args.bf16_configs.split(",") if c.strip()]
+    for c in args.configs + args.bf16_configs:
         if c not in CONFIGS:
             ap.error(f"unknown config {c!r} (choose from {', '.join(CONFIGS)})")
     for f in args.frameworks:
@@ -690,7 +380,7 @@ def main(argv: list[str]) -> int:
     if not data.is_file():
         print(f"skipped: the corpus {data} is absent", file=sys.stderr)
         return 0
-    if "pytorch" in args.frameworks:
+    if any(f.startswith("pytorch") for f in args.frameworks):
         try:
             from importlib.metadata import version
 
@@ -707,8 +397,11 @@ def main(argv: list[str]) -> int:
     machine = machine_description()
     started = datetime.datetime.now().astimezone()
     t_start = time.perf_counter()
-    total_budget = sum(args.budgets[c] for c in args.configs) * len(args.frameworks) * args.repeats
-    log(f"machine: {machine['cpu']}, {machine['cores']} cores; {len(args.configs) * len(args.frameworks) * args.repeats} runs, "
+    plan = [(name, v) for name in args.configs for v in args.frameworks]
+    plan += [(name, f"{v}-bf16") for name in args.configs if name in args.bf16_configs
+             for v in args.frameworks if f"{v}-bf16" in VARIANTS]
+    total_budget = sum(args.budgets[name] for name, _ in plan) * args.repeats
+    log(f"machine: {machine['cpu']}, {machine['cores']} cores; {len(plan) * args.repeats} runs, "
         f"{total_budget / 60:.1f} min of training budget")
 
     def matmul_peak() -> dict[str, Any]:
@@ -719,36 +412,49 @@ def main(argv: list[str]) -> int:
     fl = matmul_peak()
 
     records: list[dict[str, Any]] = []
+    failed: list[str] = []
     versions: dict[str, str] = {}
     for name in args.configs:
+        variants = [v for n, v in plan if n == name]
         for rep in range(args.repeats):
-            order = list(args.frameworks) if rep % 2 == 0 else list(reversed(args.frameworks))
-            for fw in order:
-                tag = f"{fw} {name} #{rep + 1}"
+            for variant in variants if rep % 2 == 0 else reversed(variants):
+                kind, compiled, precision = VARIANTS[variant]
+                tag = f"{variant} {name} #{rep + 1}"
                 spec = {
-                    "kind": fw, "tag": tag, "work_dir": str(work), "run_name": f"{fw}-{name}-{rep + 1}",
+                    "kind": kind, "compile": compiled, "precision": precision, "tag": tag, "work_dir": str(work),
+                    "run_name": f"{variant}-{name}-{rep + 1}",
                     "data": str(data.resolve()), "device": args.device, "threads": args.threads, "seed": args.seed,
                     **CONFIGS[name], "batch": args.batch, "chunk": args.chunk, "val_fraction": args.val_fraction,
                     "lr": args.lr, "beta1": args.beta1, "beta2": args.beta2, "eps": args.eps,
                     "weight_decay": args.weight_decay, "grad_clip": args.grad_clip, "budget": args.budgets[name],
                     "eval_every": args.eval_every, "eval_tokens": args.eval_tokens, "log_every": args.log_every,
-                    "decode_tokens": args.decode_tokens, "precision": args.precision,
+                    "decode_tokens": args.decode_tokens,
                 }
                 busy = busy_cpus()
                 log(f"{tag}: training for {args.budgets[name]:g} s (other work: {busy:.2f} CPUs busy)")
                 if busy > BUSY_LIMIT:
                     log(f"  warning: the machine is busy ({busy:.2f} CPUs used by other work); it distorts these "
                         f"timings, PyTorch's OpenMP threads most of all")
-                result, rss, wall = run_worker(spec, work, args.threads)
-                versions[fw] = result["version"]
+                try:
+                    result, rss, wall = run_worker(spec, work, args.threads)
+                except RuntimeError as e:  # e.g. torch.compile where inductor cannot build: a "-" in the table
+                    log(f"{e}; left out of the tables")
+                    failed.append(tag)
+                    continue
+                versions[kind] = result["version"]
+
+                def rate(key: str) -> Optional[float]:
+                    return result["decode_tokens"] / result[key] if result.get(key) else None
+
                 rec = {
-                    "framework": fw, "config": name, "run": rep + 1, "result": result,
+                    "framework": variant, "config": name, "run": rep + 1, "result": result,
                     "train_tps": train_throughput(result["steps"]),
-                    "decode_tps": result["decode_tokens"] / result["decode_s"],
-                    "decode_bf16_tps": result["decode_tokens"] / result["decode_bf16_s"],
-                    "decode_int8_tps": result["decode_tokens"] / result["decode_int8_s"],
+                    "decode_tps": rate("decode_s"),
+                    "decode_bf16_tps": rate("decode_bf16_s"),
+                    "decode_int8_tps": rate("decode_int8_s"),
                     "bf16_loss_delta": result.get("bf16_loss_delta"),
                     "int8_loss_delta": result.get("int8_loss_delta"),
+                    "compile_s": result.get("compile_s") if compiled else None,
                     "rss_mib": rss,
                     "import_rss_mib": result["import_rss_mib"],
                     "val_loss": result["final_val_loss"],
@@ -759,9 +465,9 @@ def main(argv: list[str]) -> int:
                     "busy": busy,
                 }
                 records.append(rec)
-                log(f"{tag}: {rec['train_tps']:,.0f} tok/s training, {rec['decode_tps']:,.0f} tok/s decoding "
-                    f"({rec['decode_bf16_tps']:,.0f} with bf16 weights), "
-                    f"peak RSS {rss:,.0f} MiB, val loss {rec['val_loss']:.4f} after {rec['steps']} steps ({wall:.0f} s wall)")
+                decoding = f", {rec['decode_tps']:,.0f} tok/s decoding" if rec["decode_tps"] else ""
+                log(f"{tag}: {rec['train_tps']:,.0f} tok/s training{decoding}, peak RSS {rss:,.0f} MiB, "
+                    f"val loss {rec['val_loss']:.4f} after {rec['steps']} steps ({wall:.0f} s wall)")
     # The peak is the best of a measurement before and one after the runs (a busy machine only
     # ever lowers it).
     fl2 = matmul_peak()
@@ -771,29 +477,33 @@ def main(argv: list[str]) -> int:
         if len(set(counts.values())) > 1:
             log(f"warning: {name}: parameter counts differ between frameworks: {counts}")
 
-    summary: dict[str, dict[str, dict[str, float]]] = {}
+    summary: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.configs:
-        summary[name] = {fw: summarize([r for r in records if r["config"] == name and r["framework"] == fw], peak) for fw in args.frameworks}
+        summary[name] = {v: summarize(rs, peak) for v in VARIANTS
+                         if (rs := [r for r in records if r["config"] == name and r["framework"] == v])}
     table = results_table(summary, args.budgets)
-    print(table)
+    batched = batched_table(summary)
+    print(table + "\n\n" + batched)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if args.precision == "f32" else f"-{args.precision}"
-    write_curves(out / f"curves{suffix}.csv", records)
+    write_curves(out / "curves.csv", records)
     date = started.strftime("%Y-%m-%d %H:%M %Z")
     machine_line = (f"{machine['cpu']}, {machine['cores']} cores ({machine['simd']}), {machine['memory']}, {machine['os']}, "
                     f"Python {machine['python']}")
     settings = (f"byte tokens of `{data.name}` (validation = last {args.val_fraction:.0%}), batch {args.batch}, chunk {args.chunk}, "
-                f"state carried across chunks; training products in {args.precision}"
-                f"{' (PyTorch: CPU autocast)' if args.precision == 'bf16' else ''}; AdamW lr {args.lr:g} constant, betas ({args.beta1:g}, {args.beta2:g}), "
+                f"state carried across chunks; AdamW lr {args.lr:g} constant, betas ({args.beta1:g}, {args.beta2:g}), "
                 f"weight decay {args.weight_decay:g} on matrices, grad clip {args.grad_clip:g}; {args.threads} threads; "
+                f"training products in f32, and for {', '.join(args.bf16_configs) or 'no config'} also in bf16 "
+                f"(GRUfinity `--precision bf16`, f32 master weights; PyTorch `torch.autocast('cpu', dtype=torch.bfloat16)`); "
+                f"torch.compile: the training forward and backward (inductor), compiled before the budget starts; "
                 f"validation every {args.eval_every or 'never (only at the end)'} steps on "
                 f"{'the whole validation tail' if args.eval_tokens == 0 else f'{args.eval_tokens:,} tokens'} (inside the budget); "
-                f"decoding: {args.decode_tokens} greedy tokens after a 1-byte prompt (PyTorch: the faster of 1 and "
+                f"decoding: {args.decode_tokens} greedy tokens after a 1-byte prompt, the fastest of {DECODE_REPEATS} runs (PyTorch: the faster of 1 and "
                 f"{args.threads} threads; in bf16, `model.to(torch.bfloat16)` on that thread count; GRUfinity: "
                 f"`grufinity.load(run, dtype=\"bf16\")`; int8: `torch.ao.quantization.quantize_dynamic` of the Linear layers "
-                f"against `dtype=\"int8\"`)")
+                f"against `dtype=\"int8\"`); batched decoding: {BATCHED_STEPS} greedy tokens per stream, all streams in "
+                f"one batch (GRUfinity `generate_batch`, PyTorch `minLM.forward` with `prev_hiddens`, the faster of 1 and 2 threads)")
     try:
         head_sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                   check=True).stdout.strip()
@@ -809,26 +519,31 @@ def main(argv: list[str]) -> int:
             f"Matmul peak (numpy {fl['numpy']} BLAS, best of {args.matmul_size}^3 float32 products before and after the runs, "
             f"{args.threads} threads): {peak / 1e9:.1f} GFLOP/s. "
             f"Versions: {vers}.\n\nSettings: {settings}.")
-    raw = ["| framework | config | run | training tok/s | decoding tok/s (threads) | peak RSS MiB | RSS after imports MiB | val loss | steps | wall s | CPUs busy before |",
+    raw = ["| run | config | # | training tok/s | decoding tok/s (threads) | peak RSS MiB | RSS after imports MiB | val loss | steps | wall s | CPUs busy before |",
            "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in records:
-        raw.append(f"| {r['framework']} | {r['config']} | {r['run']} | {r['train_tps']:,.0f} | {r['decode_tps']:,.0f} "
-                   f"({r['result']['decode_threads']}) | {r['rss_mib']:,.0f} | {r['import_rss_mib']:,.0f} | {r['val_loss']:.4f} | "
+        decoding = f"{r['decode_tps']:,.0f} ({r['result']['decode_threads']})" if r["decode_tps"] else "-"
+        raw.append(f"| {r['framework']} | {r['config']} | {r['run']} | {r['train_tps']:,.0f} | {decoding} "
+                   f"| {r['rss_mib']:,.0f} | {r['import_rss_mib']:,.0f} | {r['val_loss']:.4f} | "
                    f"{r['steps']} | {r['wall_s']:.0f} | {r['busy']:.2f} |")
     cmd = "python benches/compare_pytorch.py " + " ".join(argv)
+    if failed:
+        head += f"\n\n**Failed runs** (left out; see the log): {', '.join(failed)}."
     busy = [r for r in records if r["busy"] > BUSY_LIMIT]
     if busy:
         head += (f"\n\n**Warning:** {len(busy)} of {len(records)} runs started on a busy machine (up to "
                  f"{max(r['busy'] for r in busy):.2f} CPUs used by other work); their timings are distorted.")
+    legend = ("Ratios are GRUfinity / the better PyTorch figure of the row (the validation loss rows give the "
+              f"difference; lower is better for loss and RSS). Medians over {args.repeats} run(s) each.")
+    tables = f"{table}\n\nBatched decoding (greedy tokens/s over all streams):\n\n{batched}\n\n{legend}"
     results_md = (f"# GRUfinity vs PyTorch + mingru-pytorch\n\nGenerated by `{cmd.strip()}` (do not edit by hand).\n\n"
-                  f"{head}\n\n{table}\n\nRatios are GRUfinity / PyTorch (the validation loss row gives the difference; lower "
-                  f"is better for loss and RSS). Medians over {args.repeats} run(s) each.\n\n## Runs\n\n" + "\n".join(raw) +
+                  f"{head}\n\n{tables}\n\n## Runs\n\n" + "\n".join(raw) +
                   "\n\nLoss against time: `benches/curves.csv` (kind `train`: training loss of a logged step; `val`: validation loss).\n")
-    (out / f"results{suffix}.md").write_text(results_md, encoding="utf-8")
-    log(f"wrote {out / f'results{suffix}.md'} and {out / f'curves{suffix}.csv'} ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
-    if args.update_readme and args.precision == "f32":
+    (out / "results.md").write_text(results_md, encoding="utf-8")
+    log(f"wrote {out / 'results.md'} and {out / 'curves.csv'} ({(time.perf_counter() - t_start) / 60:.1f} min in all)")
+    if args.update_readme:
         section = (f"GRUfinity against PyTorch + mingru-pytorch, generated by `benches/compare_pytorch.py` "
-                   f"(details and per-run numbers in `benches/results.md`). {head}\n\n{table}\n")
+                   f"(details and per-run numbers in `benches/results.md`). {head}\n\n{tables}\n")
         how = update_readme(Path(args.readme), section)
         log(f"{args.readme}: {how}")
     if args.keep_runs:

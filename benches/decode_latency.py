@@ -21,12 +21,12 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 import grufinity
+from pytorch_decode import DTYPES, STREAMS, pytorch_model, pytorch_rate
 
 
 def train_model(workdir: Path, dim: int, depth: int) -> Path:
@@ -58,7 +58,6 @@ def state_after(model: grufinity.Model, context: int, rng: np.random.Generator) 
 
 #: The comparison models of benches/compare_pytorch.py.
 MODELS = {"small": (128, 4), "reference": (256, 4), "large": (512, 6)}
-STREAMS = (1, 4, 16)
 
 
 def grufinity_rate(run: Path, dtype: str, streams: int, steps: int) -> float:
@@ -76,46 +75,17 @@ def grufinity_rate(run: Path, dtype: str, streams: int, steps: int) -> float:
     return best
 
 
-def pytorch_rate(dim: int, depth: int, dtype: str, streams: int, steps: int) -> float:
-    """Greedy tokens/s of PyTorch + mingru-pytorch over all streams (best of 2, at the faster of
-    1 and 2 threads)."""
-    import torch
-    from minGRU_pytorch.minLM import minLM
-
-    # quantize_dynamic still works in torch 2.x but warns that it moves to torchao.
-    warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
-    torch.manual_seed(0)
-    model = minLM(num_tokens=256, dim=dim, depth=depth, ff_mult=4, expansion=1.5, enable_conv=False, dropout=0.0).eval()
-    if dtype == "bf16":
-        model = model.to(torch.bfloat16)
-    elif dtype == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
-    best = 0.0
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for _ in range(2):
-            tok = torch.full((streams, 1), ord("\n"))
-            start = time.perf_counter()
-            with torch.inference_mode():
-                logits, hiddens = model(tok, return_prev_hiddens=True)
-                for _ in range(steps - 1):
-                    tok = logits[:, -1].argmax(-1, keepdim=True)
-                    logits, hiddens = model(tok, return_prev_hiddens=True, prev_hiddens=hiddens)
-            best = max(best, streams * steps / (time.perf_counter() - start))
-    return best
-
-
 def compare(models: list[str], steps: int) -> None:
     print(f"{'model':<10} {'weights':<7} {'streams':>7} {'GRUfinity tok/s':>16} {'PyTorch tok/s':>14} {'ratio':>6}")
     for name in models:
         dim, depth = MODELS[name]
         with tempfile.TemporaryDirectory() as tmp:
             run = train_model(Path(tmp), dim, depth)
-            for dtype in ("f32", "bf16", "int8"):
+            for dtype in DTYPES:
+                theirs_model = pytorch_model(dim, depth, dtype)
                 for streams in STREAMS:
                     ours = grufinity_rate(run, dtype, streams, steps)
-                    theirs = pytorch_rate(dim, depth, dtype, streams, steps)
+                    theirs = pytorch_rate(theirs_model, streams, steps)
                     print(f"{name:<10} {dtype:<7} {streams:>7} {ours:>16,.0f} {theirs:>14,.0f} {ours / theirs:>5.2f}x", flush=True)
 
 
