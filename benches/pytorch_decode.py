@@ -42,7 +42,7 @@ def pytorch_rate(model: Any, streams: int, steps: int) -> float:
 
     threads = torch.get_num_threads()
     best = 0.0
-    for n in sorted({1, 2}):
+    for n in (1, 2):
         torch.set_num_threads(n)
         for _ in range(2):
             tok = torch.full((streams, 1), ord("\n"))

@@ -96,16 +96,14 @@ impl Matrix {
             let mut scratch = if m > 1 { vec![0.0f32; 4 * cols] } else { Vec::new() };
             for q in (0..quads).step_by(4) {
                 let ws: [&[W]; 4] = std::array::from_fn(|j| &w[(first + q + j) * cols..(first + q + j + 1) * cols]);
-                if m == 1 {
-                    let d = W::dot4(ws, x);
-                    for (j, v) in d.into_iter().enumerate() {
-                        out[q + j] = v;
-                    }
-                    continue;
-                }
-                let wf = W::widen4(ws, &mut scratch);
+                // One row reads the stored weights directly; several share one widened copy.
+                let wf = (m > 1).then(|| W::widen4(ws, &mut scratch));
                 for r in 0..m {
-                    let d = f32::dot4(wf, &x[r * cols..(r + 1) * cols]);
+                    let xr = &x[r * cols..(r + 1) * cols];
+                    let d = match wf {
+                        Some(wf) => f32::dot4(wf, xr),
+                        None => W::dot4(ws, xr),
+                    };
                     for (j, v) in d.into_iter().enumerate() {
                         out[(q + j) * m + r] = v;
                     }
