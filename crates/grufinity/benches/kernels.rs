@@ -8,7 +8,7 @@
 //!   depth 4; dim 256, depth 4; dim 512, depth 6): Burn's forward, and the host step with f32
 //!   bf16 and int8 weights;
 //! - the matrix products of a dim-512 block at batch 16, chunk 256 (4096 rows), in f32 (`gemm`)
-//!   and with bfloat16 operands (the AVX512-BF16 kernel, where the CPU has it).
+//!   and with bfloat16 operands (each of the AVX512-BF16 and AMX kernels the CPU has).
 
 use std::hint::black_box;
 
@@ -118,17 +118,31 @@ fn decode_step(c: &mut Criterion) {
 }
 
 fn matmul(c: &mut Criterion) {
-    use grufinity::model::dense::{matmul, Bf16Products};
+    use grufinity::model::dense::matmul;
+    use grufinity::model::gemm_bf16::{gemm, Kernel, View};
     let cpu = Device::flex();
-    let rows = 4096;
-    let mut group = c.benchmark_group("matmul 4096 rows");
-    for (k, n) in [(512, 1536), (512, 2048), (2048, 512)] {
-        let a = Tensor::<2>::random([rows, k], Distribution::Normal(0.0, 1.0), &cpu);
-        let b = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &cpu);
-        group.throughput(Throughput::Elements((2 * rows * k * n) as u64));
-        group.bench_function(format!("{k}x{n} f32"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
-        if let Some(_bf16) = Bf16Products::enable() {
-            group.bench_function(format!("{k}x{n} bf16"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
+    let mut group = c.benchmark_group("matmul");
+    // (m, k, n, A transposed): the forward products of a dim-512 block at 4096 rows, and the
+    // weight gradient of its first one (`x^T g`, `x` read through a transposed view).
+    for (m, k, n, transposed) in [(4096, 512, 1536, false), (4096, 512, 2048, false), (4096, 2048, 512, false), (512, 4096, 1536, true)] {
+        let a_data = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &cpu).into_data().try_into_vec::<f32>().unwrap();
+        let b_data = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &cpu).into_data().try_into_vec::<f32>().unwrap();
+        let (a, a_view) = if transposed {
+            (Tensor::<2>::from_data(TensorData::new(a_data.clone(), [k, m]), &cpu).transpose(), View { ptr: a_data.as_ptr(), rs: 1, cs: m as isize })
+        } else {
+            (Tensor::<2>::from_data(TensorData::new(a_data.clone(), [m, k]), &cpu), View { ptr: a_data.as_ptr(), rs: k as isize, cs: 1 })
+        };
+        let b = Tensor::<2>::from_data(TensorData::new(b_data.clone(), [k, n]), &cpu);
+        let b_view = View { ptr: b_data.as_ptr(), rs: n as isize, cs: 1 };
+        let name = format!("{m}x{k}{}x{n}", if transposed { "(T)" } else { "" });
+        group.throughput(Throughput::Elements((2 * m * k * n) as u64));
+        group.bench_function(format!("{name} f32"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
+        for kernel in Kernel::all_here().into_iter().filter(|&kernel| kernel != Kernel::Portable) {
+            let mut out = vec![0.0f32; m * n];
+            group.bench_function(format!("{name} bf16 {}", kernel.name()), |bench| {
+                // SAFETY: the views describe `a_data` and `b_data`, alive for the benchmark.
+                bench.iter(|| unsafe { gemm(m, n, k, a_view, b_view, &mut out, kernel, true) })
+            });
         }
     }
     group.finish();

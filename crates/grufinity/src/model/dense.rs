@@ -24,25 +24,27 @@ use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
 
 use super::fused::supported;
-use super::gemm_bf16;
+use super::gemm_bf16::{self, Kernel};
 
 thread_local! {
-    /// Whether this thread's CPU products round their operands to bfloat16 (see [`Bf16Products`]).
-    static BF16: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The kernel of this thread's CPU products if they round their operands to bfloat16 (see
+    /// [`Bf16Products`]).
+    static BF16: std::cell::Cell<Option<Kernel>> = const { std::cell::Cell::new(None) };
 }
 
 /// While alive, the CPU matrix products of this thread (forward and backward) take bfloat16
-/// operands with f32 accumulation, on CPUs with AVX512-BF16 ([`gemm_bf16`]); elsewhere they stay
-/// f32. Training with `precision = "bf16"` holds one; the previous setting comes back on drop.
+/// operands with f32 accumulation, on CPUs with AMX-BF16 or AVX512-BF16 ([`gemm_bf16`]);
+/// elsewhere they stay f32. Training with `precision = "bf16"` holds one; the previous setting
+/// comes back on drop.
 pub struct Bf16Products {
-    previous: bool,
+    previous: Option<Kernel>,
 }
 
 impl Bf16Products {
     /// Turns bfloat16 products on for this thread if the CPU has the instructions; `None` (and
     /// f32 products) otherwise.
     pub fn enable() -> Option<Self> {
-        gemm_bf16::available().then(|| Self { previous: BF16.with(|b| b.replace(true)) })
+        Kernel::best().map(|kernel| Self { previous: BF16.with(|b| b.replace(Some(kernel))) })
     }
 }
 
@@ -107,12 +109,12 @@ impl DenseOps for Flex {
             return FlexTensor::from_data(TensorData::new(vec![0.0f32; m * n], [m, n]));
         }
         let parallel = m * n * k >= PARALLEL_MIN;
-        if BF16.with(|b| b.get()) {
+        if let Some(kernel) = BF16.with(|b| b.get()) {
             let mut out = vec![0.0f32; m * n];
             let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
             // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
             // only turns this on where the instructions exist.
-            unsafe { gemm_bf16::gemm(m, n, k, a, b, &mut out, true, parallel) };
+            unsafe { gemm_bf16::gemm(m, n, k, a, b, &mut out, kernel, parallel) };
             return FlexTensor::from_data(TensorData::new(out, [m, n]));
         }
         let mut out: Vec<f32> = Vec::with_capacity(m * n);

@@ -31,6 +31,7 @@ impl std::str::FromStr for WeightDtype {
 }
 
 /// The bfloat16 nearest to `x` (ties to even), as its 16 bits.
+#[inline]
 pub fn bf16_bits(x: f32) -> u16 {
     let bits = x.to_bits();
     if x.is_nan() {

@@ -26,7 +26,7 @@ crate::choice_enum! {
     pub enum Precision {
         /// Everything in f32.
         F32 = "f32",
-        /// bfloat16 products (f32 accumulation): CPUs with AVX512-BF16, and GPUs.
+        /// bfloat16 products (f32 accumulation): CPUs with AMX-BF16 or AVX512-BF16, and GPUs.
         Bf16 = "bf16",
         /// float16 products with loss scaling: GPUs only.
         F16 = "f16",

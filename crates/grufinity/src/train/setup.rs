@@ -179,8 +179,10 @@ fn check_precision(precision: Precision, selected: &device::Selected) -> Result<
     let cpu = crate::model::fused::supported(&selected.device);
     match precision {
         Precision::F32 => Ok(precision.word().into()),
-        Precision::Bf16 if cpu && gemm_bf16::available() => Ok("bf16 products (AVX512-BF16), f32 weights".into()),
-        Precision::Bf16 if cpu => Ok("f32 products: this CPU has no AVX512-BF16 for bf16 ones".into()),
+        Precision::Bf16 if cpu => Ok(match gemm_bf16::Kernel::best() {
+            Some(kernel) => format!("bf16 products ({}), f32 weights", kernel.name()),
+            None => "f32 products: this CPU has neither AMX-BF16 nor AVX512-BF16 for bf16 ones".into(),
+        }),
         Precision::F16 if cpu => Err(Error::config(
             "precision",
             "f16 trains on GPUs only (CPUs have no fast f16 products); use bf16 or f32 on the CPU",
