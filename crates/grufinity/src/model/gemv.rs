@@ -82,6 +82,19 @@ impl Weight for i8 {
     }
 }
 
+/// `[[w_j · x_r for j in 0..4] for r in 0..4]`: four activation rows against the same four
+/// weight rows, the inner loop of a decoding step with several streams. Each weight vector is
+/// loaded once for four rows (the one-row kernel does one load per multiply), and the result
+/// equals `f32::dot4(w, x[r])` bit for bit: the same per-lane FMA chains, summed the same way.
+pub(crate) fn dot4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() && avx512::available() {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked just above).
+        return unsafe { avx512::dot4x4(w, x) };
+    }
+    x.map(|xr| f32::dot4(w, xr))
+}
+
 /// Lanes per row in the portable loop.
 const L: usize = 16;
 
@@ -182,10 +195,60 @@ mod avx2 {
     }
 
     #[target_feature(enable = "avx2,fma")]
-    fn hsum(v: __m256) -> f32 {
+    pub(super) fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+    }
+}
+
+/// Four activation rows at a time in 16-lane registers: lane `l` of a 16-lane accumulator is lane
+/// `l % 8` of the AVX2 kernel's first (`l < 8`) or second 8-lane accumulator, so adding the two
+/// halves and summing as that kernel does gives its result exactly.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    pub fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+
+    /// SAFETY: needs AVX-512F, AVX2 and FMA.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub unsafe fn dot4x4(w: [&[f32]; 4], x: [&[f32]; 4]) -> [[f32; 4]; 4] {
+        let n = x[0].len();
+        assert!(w.iter().chain(&x).all(|r| r.len() == n), "weight and activation rows of one length");
+        let whole = n / 16 * 16;
+        // `acc[r][j]`: 16 accumulators, 4 weight vectors and one activation vector in registers.
+        let mut acc = [[_mm512_setzero_ps(); 4]; 4];
+        let mut i = 0;
+        while i < whole {
+            // SAFETY: the loads stay inside the rows (checked lengths, whole blocks of 16).
+            unsafe {
+                let wv = [
+                    _mm512_loadu_ps(w[0].as_ptr().add(i)),
+                    _mm512_loadu_ps(w[1].as_ptr().add(i)),
+                    _mm512_loadu_ps(w[2].as_ptr().add(i)),
+                    _mm512_loadu_ps(w[3].as_ptr().add(i)),
+                ];
+                for r in 0..4 {
+                    let xv = _mm512_loadu_ps(x[r].as_ptr().add(i));
+                    for j in 0..4 {
+                        acc[r][j] = _mm512_fmadd_ps(wv[j], xv, acc[r][j]);
+                    }
+                }
+            }
+            i += 16;
+        }
+        let mut out = [[0.0f32; 4]; 4];
+        for r in 0..4 {
+            for j in 0..4 {
+                let lo = _mm512_castps512_ps256(acc[r][j]);
+                let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[r][j])));
+                out[r][j] = super::avx2::hsum(_mm256_add_ps(lo, hi)) + super::tail(w[j], x[r], whole);
+            }
+        }
+        out
     }
 }
 
@@ -221,6 +284,9 @@ mod tests {
             // Several decoding rows take the widened weights through the f32 kernel: the same
             // sums, bit for bit, as the kernels of the stored types (so batched == single).
             let mut scratch = vec![0.0f32; 4 * n];
+            let xs: Vec<Vec<f32>> = (0..4).map(|_| (0..n).map(|_| next()).collect()).collect();
+            let xs: [&[f32]; 4] = std::array::from_fn(|r| &xs[r][..]);
+            assert_eq!(dot4x4(rows, xs), xs.map(|xr| f32::dot4(rows, xr)), "n={n}");
             assert_eq!(f32::dot4(u16::widen4(rows16, &mut scratch), &x), u16::dot4(rows16, &x), "n={n}");
             assert_eq!(f32::dot4(i8::widen4(rows8, &mut scratch), &x), i8::dot4(rows8, &x), "n={n}");
             for (got, want) in [

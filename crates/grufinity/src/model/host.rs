@@ -17,7 +17,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use super::fused::{erf, g, sigmoid, vectorised};
-use super::gemv::Weight;
+use super::gemv::{dot4x4, Weight};
 use super::quant::{bf16_bits, quantize_rows, transpose, WeightDtype};
 use super::lm::MinGruLm;
 use super::scan::LOG_ZERO;
@@ -98,15 +98,28 @@ impl Matrix {
                 let ws: [&[W]; 4] = std::array::from_fn(|j| &w[(first + q + j) * cols..(first + q + j + 1) * cols]);
                 // One row reads the stored weights directly; several share one widened copy.
                 let wf = (m > 1).then(|| W::widen4(ws, &mut scratch));
-                for r in 0..m {
-                    let xr = &x[r * cols..(r + 1) * cols];
-                    let d = match wf {
-                        Some(wf) => f32::dot4(wf, xr),
-                        None => W::dot4(ws, xr),
-                    };
+                let row = |r: usize| &x[r * cols..(r + 1) * cols];
+                let mut put = |r: usize, d: [f32; 4]| {
                     for (j, v) in d.into_iter().enumerate() {
                         out[(q + j) * m + r] = v;
                     }
+                };
+                let mut r = 0;
+                if let Some(wf) = wf {
+                    // Four rows at a time share the weight loads (the same sums as one by one).
+                    while r + 4 <= m {
+                        let d = dot4x4(wf, std::array::from_fn(|i| row(r + i)));
+                        for (i, d) in d.into_iter().enumerate() {
+                            put(r + i, d);
+                        }
+                        r += 4;
+                    }
+                }
+                for r in r..m {
+                    put(r, match wf {
+                        Some(wf) => f32::dot4(wf, row(r)),
+                        None => W::dot4(ws, row(r)),
+                    });
                 }
             }
             for k in quads..n {
