@@ -36,6 +36,9 @@ const NR: usize = 32;
 /// Inner-dimension steps per packed block (a multiple of the 32 steps an AMX tile takes).
 const KC: usize = 384;
 
+/// How many runs ahead the packing loops prefetch (see [`View::prefetch`]).
+const PREFETCH_AHEAD: usize = 8;
+
 /// The micro-kernel a product runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kernel {
@@ -120,6 +123,23 @@ impl View {
         unsafe { *self.ptr.offset(i as isize * self.rs + j as isize * self.cs) }
     }
 
+    /// Asks the CPU to bring `len` values from `(i, j)` down its column (`down`) or along its row
+    /// into cache, where that direction is contiguous. The packing loops read short runs (one
+    /// panel's 32 values) a whole row apart, a stride the hardware prefetchers do not follow.
+    #[inline(always)]
+    fn prefetch(&self, i: usize, j: usize, down: bool, len: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if (if down { self.rs } else { self.cs }) == 1 && len > 0 {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            // A prefetch is a hint that never faults, so the address may lie outside the matrix.
+            let p = self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs).cast::<i8>();
+            for off in (0..len * 4).step_by(64).chain([len * 4 - 1]) {
+                // SAFETY: prefetching reads nothing the program sees, whatever the address.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
+            }
+        }
+    }
+
     /// Rounds `dst.len()` values to bfloat16 bits, from `(i, j)` down its column (`down`) or
     /// along its row: vectorised where that direction is contiguous in memory.
     fn round_into(&self, i: usize, j: usize, down: bool, dst: &mut [u16]) {
@@ -178,8 +198,8 @@ fn avx512_available() -> bool {
 pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], kernel: Kernel, parallel: bool) {
     assert_eq!(c.len(), m * n, "C must be m x n");
     assert!(kernel.runs_here(), "the {} kernel does not run on this CPU", kernel.name());
-    c.fill(0.0);
     if m == 0 || n == 0 || k == 0 {
+        c.fill(0.0);
         return;
     }
     let panels = n.div_ceil(NR);
@@ -188,6 +208,8 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let pairs = kc.div_ceil(2);
+        // The first block writes C (no zeroing pass over it first); later ones add to it.
+        let fresh = k0 == 0;
         pack_b(b, k0, kc, n, &mut packed_b);
         let packed_b = &packed_b;
         let rows = |(block, c_rows): (usize, &mut [f32])| {
@@ -196,8 +218,11 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]
             let add = |c_rows: &mut [f32], c0: usize, acc: &[[f32; NR]]| {
                 let nr = NR.min(n - c0);
                 for (r, row) in acc.iter().enumerate().take(mr) {
-                    for (o, v) in c_rows[r * n + c0..r * n + c0 + nr].iter_mut().zip(row) {
-                        *o += v;
+                    let out = &mut c_rows[r * n + c0..r * n + c0 + nr];
+                    if fresh {
+                        out.copy_from_slice(&row[..nr]);
+                    } else {
+                        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
                     }
                 }
             };
@@ -216,10 +241,10 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]
                         // panel `steps / 2` pairs of NR columns (KC >= steps); a whole block of C
                         // is updated in place, an edge block through `acc`.
                         if mr == AMX_MR && c0 + NR <= n {
-                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), c_rows[c0..].as_mut_ptr(), n) };
+                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), c_rows[c0..].as_mut_ptr(), n, fresh) };
                         } else {
                             let mut acc = [[0.0f32; NR]; AMX_MR];
-                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), acc.as_mut_ptr().cast(), NR) };
+                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), acc.as_mut_ptr().cast(), NR, true) };
                             add(c_rows, c0, &acc);
                         }
                     }
@@ -262,6 +287,7 @@ fn pack_b(b: View, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
         let mut line = [0u16; KC];
         if b.cs == 1 {
             for kk in 0..kc {
+                b.prefetch(k0 + kk + PREFETCH_AHEAD, j0, false, nr);
                 b.round_into(k0 + kk, j0, false, &mut line[..nr]);
                 for (j, &v) in line[..nr].iter().enumerate() {
                     panel[((kk / 2) * NR + j) * 2 + kk % 2] = v;
@@ -303,6 +329,7 @@ fn pack_a_rows(a: View, r0: usize, mr: usize, k0: usize, kc: usize, steps: usize
     } else {
         let mut column = [0u16; AMX_MR];
         for kk in 0..kc {
+            a.prefetch(r0, k0 + kk + PREFETCH_AHEAD, true, mr);
             a.round_into(r0, k0 + kk, true, &mut column[..mr]);
             for (r, &v) in column[..mr].iter().enumerate() {
                 out[r * steps + kk] = v;
@@ -418,7 +445,8 @@ mod amx {
             Tiles(PhantomData)
         }
 
-        /// `C += A B` for a block of `AMX_MR` rows and `NR` columns: `a` holds `AMX_MR` rows of
+        /// `C += A B` (`C = A B` when `fresh`: C is not read) for a block of `AMX_MR` rows and
+        /// `NR` columns: `a` holds `AMX_MR` rows of
         /// `steps` bfloat16 values (`steps` a positive multiple of 32), `b` a packed panel of
         /// `steps / 2` step pairs of `NR` columns, and `c` points to the block's first value in
         /// rows of `row_len` f32. Tiles 0-3 hold the four 16x16 quarters of the block, 4-5 the
@@ -426,13 +454,21 @@ mod amx {
         ///
         /// SAFETY: as for [`Tiles::configure`], and `c` must hold `AMX_MR` rows of `row_len >=
         /// NR` values.
-        pub unsafe fn accumulate(&self, a: &[u16], steps: usize, b: &[u16], c: *mut f32, row_len: usize) {
+        pub unsafe fn accumulate(&self, a: &[u16], steps: usize, b: &[u16], c: *mut f32, row_len: usize, fresh: bool) {
             assert!(steps > 0 && steps % 32 == 0 && a.len() >= AMX_MR * steps && b.len() >= steps * NR && row_len >= NR);
             const PAIR: usize = NR * 4; // bytes per step pair of the panel
             // SAFETY: every tile row read or written lies inside `a`, `b` (asserted above) or the
             // block of `c` (the caller's promise); tiles are configured on this thread.
             unsafe {
                 asm!(
+                    "test {fresh}, {fresh}",
+                    "jz 3f",
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    "jmp 2f",
+                    "3:",
                     "tileloadd tmm0, [{c0} + {sc}*1]",
                     "tileloadd tmm1, [{c0} + {sc}*1 + 64]",
                     "tileloadd tmm2, [{c1} + {sc}*1]",
@@ -465,6 +501,7 @@ mod amx {
                     c0 = in(reg) c,
                     c1 = in(reg) c.add(16 * row_len),
                     sc = in(reg) row_len * 4,
+                    fresh = in(reg) fresh as usize,
                     options(nostack),
                 );
             }
