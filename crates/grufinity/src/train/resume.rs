@@ -91,6 +91,11 @@ pub fn plan(mut config: TrainConfig) -> Result<Plan> {
     let named_elsewhere = !config.name.is_empty()
         && config.resume.as_deref() != Some("auto")
         && !same_dir(&requested_run, &origin.root);
+    if !named_elsewhere && origin.is_training() {
+        // Another process is writing the run, so its checkpoints move while they are read here:
+        // refuse naming that process (the lock's error), not a step count that just changed.
+        drop(origin.lock()?);
+    }
     let newest = origin.last_checkpoint().map_or(saved.step, |(step, _)| step);
     let (run, branched_from) = if named_elsewhere {
         let run = RunDir::new(requested_run);
