@@ -66,6 +66,7 @@ def report_curve(evs: list[dict[str, Any]], out: Path) -> None:
     for e in evs:  # the end-of-run evaluation repeats the last one when they fall on the same step
         if e.get("event") == "eval" and not (curve and curve[-1][1] == e["step"]):
             curve.append((e["elapsed"], e["step"], e["tokens"], e["val_loss"]))
+    out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["elapsed_s", "step", "tokens", "val_loss_nats_per_byte"])
