@@ -94,38 +94,35 @@ impl Matrix {
             let quads = n / 4 * 4;
             // With several rows, bf16/int8 weights are converted once per quad, not once per row.
             let mut scratch = if m > 1 { vec![0.0f32; 4 * cols] } else { Vec::new() };
+            let row = |r: usize| &x[r * cols..(r + 1) * cols];
             for q in (0..quads).step_by(4) {
                 let ws: [&[W]; 4] = std::array::from_fn(|j| &w[(first + q + j) * cols..(first + q + j + 1) * cols]);
-                // One row reads the stored weights directly; several share one widened copy.
-                let wf = (m > 1).then(|| W::widen4(ws, &mut scratch));
-                let row = |r: usize| &x[r * cols..(r + 1) * cols];
                 let mut put = |r: usize, d: [f32; 4]| {
                     for (j, v) in d.into_iter().enumerate() {
                         out[(q + j) * m + r] = v;
                     }
                 };
-                let mut r = 0;
-                if let Some(wf) = wf {
-                    // Four rows at a time share the weight loads (the same sums as one by one).
-                    while r + 4 <= m {
-                        let d = dot4x4(wf, std::array::from_fn(|i| row(r + i)));
-                        for (i, d) in d.into_iter().enumerate() {
-                            put(r + i, d);
-                        }
-                        r += 4;
+                // One row reads the stored weights directly; several share one widened copy.
+                if m == 1 {
+                    put(0, W::dot4(ws, row(0)));
+                    continue;
+                }
+                let wf = W::widen4(ws, &mut scratch);
+                // Four rows at a time share the weight loads (the same sums as one by one).
+                let fours = m / 4 * 4;
+                for r in (0..fours).step_by(4) {
+                    for (i, d) in dot4x4(wf, std::array::from_fn(|i| row(r + i))).into_iter().enumerate() {
+                        put(r + i, d);
                     }
                 }
-                for r in r..m {
-                    put(r, match wf {
-                        Some(wf) => f32::dot4(wf, row(r)),
-                        None => W::dot4(ws, row(r)),
-                    });
+                for r in fours..m {
+                    put(r, f32::dot4(wf, row(r)));
                 }
             }
             for k in quads..n {
                 let wk = &w[(first + k) * cols..(first + k + 1) * cols];
                 for r in 0..m {
-                    out[k * m + r] = W::dot4([wk; 4], &x[r * cols..(r + 1) * cols])[0];
+                    out[k * m + r] = W::dot4([wk; 4], row(r))[0];
                 }
             }
         };
