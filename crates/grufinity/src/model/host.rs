@@ -110,8 +110,11 @@ impl Matrix {
                 let wf = W::widen4(ws, &mut scratch);
                 // Four rows at a time share the weight loads (the same sums as one by one).
                 let fours = m / 4 * 4;
+                // The first group fetches the next quad of stored weights from memory.
+                let next = w.get((first + q + 4) * cols..(first + q + 8) * cols).unwrap_or(&[]);
                 for r in (0..fours).step_by(4) {
-                    for (i, d) in dot4x4(wf, std::array::from_fn(|i| row(r + i))).into_iter().enumerate() {
+                    let ahead = if r == 0 { next } else { &[] };
+                    for (i, d) in dot4x4(wf, std::array::from_fn(|i| row(r + i)), ahead).into_iter().enumerate() {
                         put(r + i, d);
                     }
                 }
