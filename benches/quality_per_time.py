@@ -1,7 +1,7 @@
 """Validation loss against wall-clock time on tiny Shakespeare (byte tokens, last 10% held out).
 
     python benches/quality_per_time.py shakespeare-5min      # the 5-minute recipe
-    python benches/quality_per_time.py shakespeare-1h        # the 60-minute recipe
+    python benches/quality_per_time.py shakespeare-1h        # the recipe for up to an hour
     python benches/quality_per_time.py shakespeare-1h --train-args "--ema 0.999" --keep runs/q1h
     python benches/quality_per_time.py shakespeare-1h --report runs/q1h   # analyse a kept run again
     python benches/quality_per_time.py shakespeare-1h --data ../shared/data/shakespeare-works/works.txt
