@@ -110,11 +110,10 @@ impl DenseOps for Flex {
         }
         let parallel = m * n * k >= PARALLEL_MIN;
         if let Some(kernel) = BF16.with(|b| b.get()) {
-            let mut out = vec![0.0f32; m * n];
             let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
             // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
             // only turns this on where the instructions exist.
-            unsafe { gemm_bf16::gemm(m, n, k, a, b, &mut out, kernel, parallel) };
+            let out = unsafe { gemm_bf16::gemm(m, n, k, a, b, kernel, parallel) };
             return FlexTensor::from_data(TensorData::new(out, [m, n]));
         }
         let mut out: Vec<f32> = Vec::with_capacity(m * n);

@@ -6,10 +6,13 @@
 //! The layout is the usual one of fast GEMMs. For each block of `KC` steps of the inner
 //! dimension, `B` is packed once into panels of `NR` columns in which each step pair `(k, k+1)`
 //! of a column sits together (what both instructions multiply), and each thread packs its rows
-//! of `A`: for AVX512-BF16 into panels of `MR` rows, pairs together; for AMX row by row
-//! (`AMX_MR` rows, steps padded to a multiple of 32), which is how a tile reads them. The
-//! micro-kernel keeps a block of `C` in registers (AMX: four 16x16 tiles) and adds the block's
-//! steps. Operands are rounded to bfloat16 (to nearest, ties to even) as they are packed; the
+//! of `A`: for AVX512-BF16 as step pairs of `MR` rows, row by row or pair by pair, whichever
+//! `A`'s memory layout packs without transposing ([`pack`]); for AMX row by row (`AMX_MR`
+//! rows, steps padded to a multiple of 32), which is how a tile reads them. The micro-kernel
+//! keeps a block of `C` in registers (AMX: four 16x16 tiles) and writes it (first block of
+//! steps) or adds it to `C`. While it runs, the next block of `C` and the next rows of `A` are
+//! prefetched: both come from memory, and waiting for them had cost a fifth of a product.
+//! Operands are rounded to bfloat16 (to nearest, ties to even) as they are packed; the
 //! products are exact in f32 and the sums are f32 sums.
 //!
 //! Why AMX and not only AVX512-BF16: on Sapphire Rapids-class Xeons `vdpbf16ps` multiplies no
@@ -17,15 +20,19 @@
 //! 2-core Xeon (`cargo bench -p grufinity --bench kernels -- matmul`, 4096x512 by 512x1536):
 //! f32 332 GFLOP/s, AVX512-BF16 149, AMX 968; the weight gradient (`x^T g`, 512x4096 by
 //! 4096x1536, `x` transposed): f32 265, AMX 327, where packing the transposed `x` dominates.
+//! On a 2-core AMD EPYC (Zen 5 class, no AMX) `vdpbf16ps` does pay: the same two products, f32
+//! 486 and 417 GFLOP/s, AVX512-BF16 875 and 662.
 //!
 //! The portable micro-kernel computes the same thing in plain f32 arithmetic on the rounded
 //! values: it is what other CPUs run, and what the tests check the fast ones against.
 
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
 use super::quant::{bf16_bits, bf16_value};
+use pack::Layout;
 
 /// Rows of `C` per AVX512-BF16 (and portable) micro-kernel call.
 const MR: usize = 12;
@@ -35,9 +42,6 @@ const AMX_MR: usize = 32;
 const NR: usize = 32;
 /// Inner-dimension steps per packed block (a multiple of the 32 steps an AMX tile takes).
 const KC: usize = 384;
-
-/// How many runs ahead the packing loops prefetch (see [`View::prefetch`]).
-const PREFETCH_AHEAD: usize = 8;
 
 /// The micro-kernel a product runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -134,15 +138,8 @@ impl View {
     /// panel's 32 values) a whole row apart, a stride the hardware prefetchers do not follow.
     #[inline(always)]
     fn prefetch(&self, i: usize, j: usize, down: bool, len: usize) {
-        #[cfg(target_arch = "x86_64")]
         if self.contiguous(down) && len > 0 {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // A prefetch is a hint that never faults, so the address may lie outside the matrix.
-            let p = self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs).cast::<i8>();
-            for off in (0..len * 4).step_by(64).chain([len * 4 - 1]) {
-                // SAFETY: prefetching reads nothing the program sees, whatever the address.
-                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off)) };
-            }
+            prefetch(self.ptr.wrapping_offset(i as isize * self.rs + j as isize * self.cs), len);
         }
     }
 
@@ -157,6 +154,30 @@ impl View {
             for (t, d) in dst.iter_mut().enumerate() {
                 *d = bf16_bits(if down { self.at(i + t, j) } else { self.at(i, j + t) });
             }
+        }
+    }
+}
+
+/// Asks the CPU to bring the `len` f32 values from `p` into cache (a hint: any address will do).
+#[inline(always)]
+fn prefetch(p: *const f32, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for off in (0..len * 4).step_by(64).chain([len * 4 - 1]) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: prefetching reads nothing the program sees, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.cast::<i8>().wrapping_add(off)) };
+    }
+}
+
+/// Prefetches share `part` of `parts` of rows `rows` and steps `k0..k0 + kc` of `a`, whose
+/// rows or steps are contiguous: a whole row, or a whole step across the rows, at a time.
+fn prefetch_share(a: View, rows: std::ops::Range<usize>, k0: usize, kc: usize, part: usize, parts: usize) {
+    let (units, by_row) = if a.cs == 1 { (rows.len(), true) } else { (kc, false) };
+    for u in part * units / parts..(part + 1) * units / parts {
+        if by_row {
+            a.prefetch(rows.start + u, k0, false, kc);
+        } else {
+            a.prefetch(rows.start, k0 + u, true, rows.len());
         }
     }
 }
@@ -194,51 +215,56 @@ fn avx512_available() -> bool {
     }
 }
 
-/// `C = A B` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, overwritten) with both operands
-/// rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here)); `parallel` splits
-/// the rows of `C` between the threads of rayon's pool.
+/// `C = A B` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, a new vector written once) with both
+/// operands rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here));
+/// `parallel` splits the rows of `C` between the threads of rayon's pool.
 ///
 /// # Safety
 /// `a` and `b` must describe `[m, k]` and `[k, n]` matrices that stay alive and unchanged
 /// during the call.
-pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32], kernel: Kernel, parallel: bool) {
-    assert_eq!(c.len(), m * n, "C must be m x n");
+pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, kernel: Kernel, parallel: bool) -> Vec<f32> {
     assert!(kernel.runs_here(), "the {} kernel does not run on this CPU", kernel.name());
     if m == 0 || n == 0 || k == 0 {
-        c.fill(0.0);
-        return;
+        return vec![0.0; m * n];
     }
     let panels = n.div_ceil(NR);
     let mr_block = kernel.rows();
-    let mut packed_b = vec![0u16; panels * KC * NR];
+    // Columns of B are the lanes of its pairs.
+    let b_lanes = View { ptr: b.ptr, rs: b.cs, cs: b.rs };
+    let panel_words = KC / 2 * NR;
+    let mut packed_b = vec![0u32; panels * panel_words];
+    // C is not zeroed: the first block of steps writes every element, later ones add to it.
+    let mut c = Vec::<f32>::with_capacity(m * n);
     for k0 in (0..k).step_by(KC) {
         let kc = KC.min(k - k0);
         let pairs = kc.div_ceil(2);
-        // The first block writes C (no zeroing pass over it first); later ones add to it.
         let fresh = k0 == 0;
-        pack_b(b, k0, kc, n, &mut packed_b);
+        packed_b.par_chunks_mut(panel_words).enumerate().for_each(|(p, panel)| {
+            let j0 = p * NR;
+            pack::pack_pairs(b_lanes, j0, NR.min(n - j0), k0, kc, NR, kc.next_multiple_of(32) / 2, Layout::by_pair(NR), panel);
+        });
         let packed_b = &packed_b;
-        let rows = |(block, c_rows): (usize, &mut [f32])| {
+        let panel = |p: usize| &packed_b[p * panel_words..(p + 1) * panel_words];
+        let rows = |(block, c_rows): (usize, &mut [MaybeUninit<f32>])| {
             let r0 = block * mr_block;
             let mr = mr_block.min(m - r0);
-            let add = |c_rows: &mut [f32], c0: usize, acc: &[[f32; NR]]| {
-                let nr = NR.min(n - c0);
+            let c_rows = c_rows.as_mut_ptr().cast::<f32>();
+            // Adds (or, in the first block, writes) `acc`'s block of C at column `c0`.
+            // SAFETY (of the writes): the block lies inside this thread's rows of C.
+            let add = |c0: usize, acc: &[[f32; NR]]| unsafe {
                 for (r, row) in acc.iter().enumerate().take(mr) {
-                    let out = &mut c_rows[r * n + c0..r * n + c0 + nr];
-                    if fresh {
-                        out.copy_from_slice(&row[..nr]);
-                    } else {
-                        out.iter_mut().zip(row).for_each(|(o, v)| *o += v);
+                    for (j, &v) in row.iter().enumerate().take(NR.min(n - c0)) {
+                        let out = c_rows.add(r * n + c0 + j);
+                        out.write(if fresh { v } else { *out + v });
                     }
                 }
             };
-            let panel = |p: usize| &packed_b[p * KC * NR..(p + 1) * KC * NR];
             match kernel {
                 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
                 Kernel::Amx => {
                     let steps = kc.next_multiple_of(32);
                     let mut packed_a = vec![0u16; AMX_MR * steps];
-                    pack_a_rows(a, r0, mr, k0, kc, steps, &mut packed_a);
+                    pack::pack_rows(a, r0, mr, k0, kc, steps, &mut packed_a);
                     // SAFETY: `Amx` runs here (asserted above).
                     let tiles = unsafe { amx::Tiles::configure() };
                     for p in 0..panels {
@@ -247,109 +273,61 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, c: &mut [f32]
                         // panel `steps / 2` pairs of NR columns (KC >= steps); a whole block of C
                         // is updated in place, an edge block through `acc`.
                         if mr == AMX_MR && c0 + NR <= n {
-                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), c_rows[c0..].as_mut_ptr(), n, fresh) };
+                            unsafe { tiles.accumulate(&packed_a, steps, pack::halves(panel(p)), c_rows.add(c0), n, fresh) };
                         } else {
                             let mut acc = [[0.0f32; NR]; AMX_MR];
-                            unsafe { tiles.accumulate(&packed_a, steps, panel(p), acc.as_mut_ptr().cast(), NR, true) };
-                            add(c_rows, c0, &acc);
+                            unsafe { tiles.accumulate(&packed_a, steps, pack::halves(panel(p)), acc.as_mut_ptr().cast(), NR, true) };
+                            add(c0, &acc);
                         }
                     }
                 }
                 _ => {
-                    let mut packed_a = vec![0u16; pairs * 2 * MR];
-                    pack_a(a, r0, mr, k0, kc, &mut packed_a);
+                    let mut packed_a = vec![0u32; pairs * MR];
+                    let layout = if a.cs == 1 { Layout::by_lane(pairs) } else { Layout::by_pair(MR) };
+                    pack::pack_pairs(a, r0, mr, k0, kc, MR, pairs, layout, &mut packed_a);
+                    let next_rows = (r0 + MR).min(m)..(r0 + 2 * MR).min(m);
                     for p in 0..panels {
-                        let mut acc = [[0.0f32; NR]; MR];
+                        let c0 = p * NR;
+                        // While this block of C multiplies, bring in what the next ones read
+                        // from memory: the next panel's block of C (latency the loads of the
+                        // kernel's last steps would wait for) and a share of the next rows of A.
+                        for r in 0..mr {
+                            prefetch(c_rows.wrapping_add(r * n + c0 + NR), NR);
+                        }
+                        prefetch_share(a, next_rows.clone(), k0, kc, p, panels);
                         #[cfg(target_arch = "x86_64")]
                         if kernel == Kernel::Avx512 {
-                            // SAFETY: the kernel runs here (asserted above).
-                            unsafe { avx512::kernel(&packed_a, panel(p), pairs, &mut acc) };
-                        } else {
-                            portable(&packed_a, panel(p), pairs, &mut acc);
+                            // SAFETY: the kernel runs here (asserted above); its block of C (`mr`
+                            // rows, up to NR columns from `c0`) lies inside this thread's rows.
+                            unsafe { avx512::kernel(&packed_a, layout, panel(p), pairs, c_rows.add(c0), n, mr, NR.min(n - c0), fresh) };
+                            continue;
                         }
-                        #[cfg(not(target_arch = "x86_64"))]
-                        portable(&packed_a, panel(p), pairs, &mut acc);
-                        add(c_rows, p * NR, &acc);
+                        let mut acc = [[0.0f32; NR]; MR];
+                        portable(pack::halves(&packed_a), layout, pack::halves(panel(p)), pairs, &mut acc);
+                        add(c0, &acc);
                     }
                 }
             }
         };
+        let spare = &mut c.spare_capacity_mut()[..m * n];
         if parallel {
-            c.par_chunks_mut(mr_block * n).enumerate().for_each(rows);
+            spare.par_chunks_mut(mr_block * n).enumerate().for_each(rows);
         } else {
-            c.chunks_mut(mr_block * n).enumerate().for_each(rows);
+            spare.chunks_mut(mr_block * n).enumerate().for_each(rows);
         }
     }
-}
-
-/// Packs steps `k0..k0 + kc` of `B` (`[k, n]`): panel `p` holds columns `p NR..`, and within it
-/// step pair `q` of column `j` is at `(q NR + j) 2`. Missing columns and steps (up to the next
-/// multiple of 32, which an AMX tile reads) are zero.
-fn pack_b(b: View, k0: usize, kc: usize, n: usize, out: &mut [u16]) {
-    let padded = kc.next_multiple_of(32);
-    out.par_chunks_mut(KC * NR).enumerate().for_each(|(p, panel)| {
-        let (j0, nr) = (p * NR, NR.min(n - p * NR));
-        panel[..padded * NR].fill(0);
-        let mut line = [0u16; KC];
-        if b.cs == 1 {
-            for kk in 0..kc {
-                b.prefetch(k0 + kk + PREFETCH_AHEAD, j0, false, nr);
-                b.round_into(k0 + kk, j0, false, &mut line[..nr]);
-                for (j, &v) in line[..nr].iter().enumerate() {
-                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = v;
-                }
-            }
-        } else {
-            for j in 0..nr {
-                b.round_into(k0, j0 + j, true, &mut line[..kc]);
-                for (kk, &v) in line[..kc].iter().enumerate() {
-                    panel[((kk / 2) * NR + j) * 2 + kk % 2] = v;
-                }
-            }
-        }
-    });
-}
-
-/// Packs rows `r0..r0 + mr` and steps `k0..k0 + kc` of `A`: step pair `q` of row `r` at
-/// `(q MR + r) 2`. Missing rows and the odd step are zero.
-fn pack_a(a: View, r0: usize, mr: usize, k0: usize, kc: usize, out: &mut [u16]) {
-    out.fill(0);
-    let mut line = [0u16; KC];
-    for r in 0..mr {
-        a.round_into(r0 + r, k0, false, &mut line[..kc]);
-        for (kk, &v) in line[..kc].iter().enumerate() {
-            out[((kk / 2) * MR + r) * 2 + kk % 2] = v;
-        }
-    }
-}
-
-/// Packs rows `r0..r0 + mr` and steps `k0..k0 + kc` of `A` row by row, `steps` values a row:
-/// step `kk` of row `r` at `r steps + kk`. Missing rows and steps are zero. Reads along
-/// whichever dimension of `A` is contiguous (the backward pass passes transposed views).
-fn pack_a_rows(a: View, r0: usize, mr: usize, k0: usize, kc: usize, steps: usize, out: &mut [u16]) {
-    out.fill(0);
-    if a.cs == 1 {
-        for r in 0..mr {
-            a.round_into(r0 + r, k0, false, &mut out[r * steps..r * steps + kc]);
-        }
-    } else {
-        let mut column = [0u16; AMX_MR];
-        for kk in 0..kc {
-            a.prefetch(r0, k0 + kk + PREFETCH_AHEAD, true, mr);
-            a.round_into(r0, k0 + kk, true, &mut column[..mr]);
-            for (r, &v) in column[..mr].iter().enumerate() {
-                out[r * steps + kk] = v;
-            }
-        }
-    }
+    // SAFETY: the first block of steps wrote all m * n elements.
+    unsafe { c.set_len(m * n) };
+    c
 }
 
 /// The micro-kernel in plain arithmetic on the bfloat16 values.
-fn portable(a: &[u16], b: &[u16], pairs: usize, acc: &mut [[f32; NR]; MR]) {
+fn portable(a: &[u16], layout: Layout, b: &[u16], pairs: usize, acc: &mut [[f32; NR]; MR]) {
     for q in 0..pairs {
         let bq = &b[q * NR * 2..(q + 1) * NR * 2];
         for (r, row) in acc.iter_mut().enumerate() {
-            let (a0, a1) = (bf16_value(a[(q * MR + r) * 2]), bf16_value(a[(q * MR + r) * 2 + 1]));
+            let word = q * layout.pair + r * layout.lane;
+            let (a0, a1) = (bf16_value(a[word * 2]), bf16_value(a[word * 2 + 1]));
             for (j, v) in row.iter_mut().enumerate() {
                 *v += a0 * bf16_value(bq[2 * j]) + a1 * bf16_value(bq[2 * j + 1]);
             }
@@ -361,37 +339,49 @@ fn portable(a: &[u16], b: &[u16], pairs: usize, acc: &mut [[f32; NR]; MR]) {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{MR, NR};
+    use super::{Layout, MR, NR};
 
-    /// `acc += A_panel B_panel` over `pairs` step pairs (see the module docs for the layout).
+    /// `C += A_panel B_panel` (`C = ` where `fresh`) over `pairs` step pairs (see the module
+    /// docs for the layout), for the `rows` x `cols` block of C at `c` (row stride `ldc`).
     ///
-    /// SAFETY: needs AVX512F and AVX512-BF16; `a` holds `pairs MR 2` and `b` `pairs NR 2`
-    /// values.
+    /// SAFETY: needs AVX512F and AVX512-BF16; `a` holds `pairs MR` and `b` `pairs NR` words;
+    /// `rows <= MR`, `cols <= NR`, and the block of C is valid for writes (and initialised
+    /// unless `fresh`).
     #[target_feature(enable = "avx512f,avx512bf16")]
-    pub unsafe fn kernel(a: &[u16], b: &[u16], pairs: usize, acc: &mut [[f32; NR]; MR]) {
-        assert!(a.len() >= pairs * MR * 2 && b.len() >= pairs * NR * 2);
-        let mut c = [[_mm512_setzero_ps(); 2]; MR];
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn kernel(a: &[u32], layout: Layout, b: &[u32], pairs: usize, c: *mut f32, ldc: usize, rows: usize, cols: usize, fresh: bool) {
+        assert!(a.len() >= pairs * MR && b.len() >= pairs * NR && rows <= MR && cols <= NR);
+        assert!(layout == Layout::by_pair(MR) || layout == Layout::by_lane(pairs));
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let (ap, bp) = (a.as_ptr() as *const i32, b.as_ptr() as *const __m512i);
         for q in 0..pairs {
             // SAFETY: within the lengths asserted above.
             let (b0, b1) = unsafe { (_mm512_loadu_si512(bp.add(2 * q)), _mm512_loadu_si512(bp.add(2 * q + 1))) };
             let (b0, b1): (__m512bh, __m512bh) = (std::mem::transmute(b0), std::mem::transmute(b1));
-            for (r, cr) in c.iter_mut().enumerate() {
+            for (r, cr) in acc.iter_mut().enumerate() {
                 // One (k, k+1) pair of row r, as 32 bits, in every lane.
-                let a_pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(unsafe { *ap.add(q * MR + r) }));
+                let a_pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(unsafe { *ap.add(q * layout.pair + r * layout.lane) }));
                 cr[0] = _mm512_dpbf16_ps(cr[0], a_pair, b0);
                 cr[1] = _mm512_dpbf16_ps(cr[1], a_pair, b1);
             }
         }
-        for (row, cr) in acc.iter_mut().zip(&c) {
-            // SAFETY: each row holds NR = 32 floats.
-            unsafe {
-                _mm512_storeu_ps(row.as_mut_ptr(), _mm512_add_ps(_mm512_loadu_ps(row.as_ptr()), cr[0]));
-                _mm512_storeu_ps(row.as_mut_ptr().add(16), _mm512_add_ps(_mm512_loadu_ps(row.as_ptr().add(16)), cr[1]));
+        let lanes = |n: usize| if n >= 16 { u16::MAX } else { (1u16 << n) - 1 };
+        let masks = [lanes(cols), lanes(cols.saturating_sub(16))];
+        for (r, cr) in acc.iter().enumerate().take(rows) {
+            for (half, (&sum, &mask)) in cr.iter().zip(&masks).enumerate() {
+                // SAFETY: the masked lanes lie inside the block of C.
+                unsafe {
+                    let out = c.add(r * ldc + 16 * half);
+                    let v = if fresh { sum } else { _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum) };
+                    _mm512_mask_storeu_ps(out, mask, v);
+                }
             }
         }
     }
 }
+
+/// Rounding and packing the operands (`pack.rs`).
+mod pack;
 
 /// AMX-BF16 tiles (`amx.rs`).
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -438,9 +428,8 @@ mod tests {
                     (0..m * n).map(|ij| (0..k).map(|kk| r(a_at(ij / n, kk)) * r(bt[(ij % n) * k + kk])).sum()).collect();
                 for kernel in Kernel::all_here() {
                     for parallel in [false, true] {
-                        let mut c = vec![f32::NAN; m * n];
                         // SAFETY: the views describe `a` and `bt`, alive for the call.
-                        unsafe { gemm(m, n, k, av, bv, &mut c, kernel, parallel) };
+                        let c = unsafe { gemm(m, n, k, av, bv, kernel, parallel) };
                         for (i, (&got, &want)) in c.iter().zip(&exact).enumerate() {
                             let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
                             assert!(
