@@ -153,12 +153,21 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// `1 / sqrt(2 pi)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
-/// Runs `f` compiled for AVX2 and FMA when the CPU has them (8 lanes instead of SSE2's 4 for
-/// the loops `f` inlines), else as is. The build targets baseline x86-64, so without this the
-/// kernels' loops would only ever use SSE2. Pass the closure as `#[inline(always)] || ...`:
-/// otherwise the compiler may keep a large closure out of the wrapper, and it runs as SSE2.
+/// Runs `f` compiled for AVX-512 (16 lanes) or AVX2 and FMA (8 lanes) when the CPU has them,
+/// else as is (SSE2's 4 lanes: the build targets baseline x86-64). Pass the closure as
+/// `#[inline(always)] || ...`: otherwise the compiler may keep a large closure out of the
+/// wrapper, and it runs as SSE2.
 #[inline(always)]
 pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bw") {
+        #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+        unsafe fn avx512<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        // SAFETY: the CPU supports these features (checked just above).
+        return unsafe { avx512(f) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         #[target_feature(enable = "avx2,fma")]
