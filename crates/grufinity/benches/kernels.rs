@@ -122,19 +122,29 @@ fn matmul(c: &mut Criterion) {
     use grufinity::model::gemm_bf16::{gemm, Kernel, View};
     let cpu = Device::flex();
     let mut group = c.benchmark_group("matmul");
-    // (m, k, n, A transposed): the forward products of a dim-512 block at 4096 rows, and the
-    // weight gradient of its first one (`x^T g`, `x` read through a transposed view).
-    for (m, k, n, transposed) in [(4096, 512, 1536, false), (4096, 512, 2048, false), (4096, 2048, 512, false), (512, 4096, 1536, true)] {
+    // (m, k, n, A transposed, B transposed): the forward products of a dim-512 block at 4096
+    // rows, the weight gradient of its first one (`x^T g`, `x` read through a transposed view)
+    // and its input gradient (`g W^T`).
+    for (m, k, n, a_t, b_t) in [
+        (4096, 512, 1536, false, false),
+        (4096, 512, 2048, false, false),
+        (4096, 2048, 512, false, false),
+        (512, 4096, 1536, true, false),
+        (4096, 1536, 512, false, true),
+    ] {
         let a_data = Tensor::<2>::random([m, k], Distribution::Normal(0.0, 1.0), &cpu).into_data().try_into_vec::<f32>().unwrap();
         let b_data = Tensor::<2>::random([k, n], Distribution::Normal(0.0, 1.0), &cpu).into_data().try_into_vec::<f32>().unwrap();
-        let (a, a_view) = if transposed {
+        let (a, a_view) = if a_t {
             (Tensor::<2>::from_data(TensorData::new(a_data.clone(), [k, m]), &cpu).transpose(), View { ptr: a_data.as_ptr(), rs: 1, cs: m as isize })
         } else {
             (Tensor::<2>::from_data(TensorData::new(a_data.clone(), [m, k]), &cpu), View { ptr: a_data.as_ptr(), rs: k as isize, cs: 1 })
         };
-        let b = Tensor::<2>::from_data(TensorData::new(b_data.clone(), [k, n]), &cpu);
-        let b_view = View { ptr: b_data.as_ptr(), rs: n as isize, cs: 1 };
-        let name = format!("{m}x{k}{}x{n}", if transposed { "(T)" } else { "" });
+        let (b, b_view) = if b_t {
+            (Tensor::<2>::from_data(TensorData::new(b_data.clone(), [n, k]), &cpu).transpose(), View { ptr: b_data.as_ptr(), rs: 1, cs: k as isize })
+        } else {
+            (Tensor::<2>::from_data(TensorData::new(b_data.clone(), [k, n]), &cpu), View { ptr: b_data.as_ptr(), rs: n as isize, cs: 1 })
+        };
+        let name = format!("{m}x{k}{}x{n}{}", if a_t { "(T)" } else { "" }, if b_t { "(T)" } else { "" });
         group.throughput(Throughput::Elements((2 * m * k * n) as u64));
         group.bench_function(format!("{name} f32"), |bench| bench.iter(|| black_box(matmul(a.clone(), b.clone()))));
         for kernel in Kernel::all_here().into_iter().filter(|&kernel| kernel != Kernel::Portable) {
