@@ -23,7 +23,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::fused::{f32s, supported, vectorised};
+use super::fused::{f32s, supported, vectorised, zeros};
 
 /// Backend operations of the fused RMSNorm.
 #[backend_extension(Flex, Autodiff)]
@@ -86,7 +86,7 @@ impl RmsNormOps for Flex {
         let shape = x.shape();
         let (xv, gv) = (f32s(&x), f32s(&gamma));
         let d = gv.len();
-        let mut out = vec![0.0f32; xv.len()];
+        let mut out = zeros(xv.len());
         out.par_chunks_mut(ROWS * d).zip(xv.par_chunks(ROWS * d)).for_each(|(out, x)| {
             vectorised(#[inline(always)] || {
                 for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
@@ -104,7 +104,7 @@ impl RmsNormOps for Flex {
         let (shape, gshape) = (x.shape(), gamma.shape());
         let (xv, gv, dy) = (f32s(&x), f32s(&gamma), f32s(&grad));
         let d = gv.len();
-        let mut dx = vec![0.0f32; xv.len()];
+        let mut dx = zeros(xv.len());
         // Each task's share of dL/dgamma, added in task order afterwards (deterministic).
         let partials: Vec<Vec<f32>> = dx
             .par_chunks_mut(ROWS * d)
