@@ -230,3 +230,30 @@ fn dense_matmul_matches_burn() {
         }
     }
 }
+
+/// The fused bias add and its gradients (input and bias) against Burn's broadcast add, with
+/// more rows than one parallel task takes (64) and a width that is not a multiple of 16.
+#[test]
+fn fused_bias_add_matches_burn() {
+    use grufinity::model::dense::add_bias;
+    let mut rng = Rng(79);
+    let (m, n) = (150, 37);
+    let values = rng.normals(m * n, 2.0);
+    let bias: Vec<f32> = rng.normals(n, 1.0).into_iter().map(|b| b as f32).collect();
+    let weights = rng.normals(m * n, 1.0);
+    let ad = cpu().autodiff();
+    let run = |fused: bool| {
+        let x = tensor3(&values, [1, m, n], &ad).reshape([m, n]).require_grad();
+        let b = Tensor::<1>::from_data(burn::tensor::TensorData::new(bias.clone(), [n]), &ad).require_grad();
+        let y = if fused { add_bias(x.clone(), b.clone()) } else { x.clone() + b.clone().unsqueeze::<2>() };
+        let w = tensor3(&weights, [1, m, n], &ad).reshape([m, n]);
+        let g = (y.clone() * w).sum().backward();
+        (to_vec(y.reshape([1, m, n])), to_vec(x.grad(&g).unwrap().reshape([1, m, n])), to_vec(b.grad(&g).unwrap()))
+    };
+    let (ya, dxa, dba) = run(true);
+    let (yb, dxb, dbb) = run(false);
+    assert_eq!(ya, yb, "values differ");
+    assert_eq!(dxa, dxb, "input gradients differ");
+    let db_err = dba.iter().zip(&dbb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(db_err <= 1e-4, "bias gradients differ by {db_err}");
+}
