@@ -64,7 +64,7 @@ def server(tmp_path_factory, trained):
     copy_run(trained["run_dir"], root / "tiny")
     weights = copy_run(trained["run_dir"], root / "broken") / "checkpoints" / "step-3" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:64])
-    proc = subprocess.Popen([grufinity_exe(), "serve", str(root), "--port", "0", "--max-new-tokens", "1000000"],
+    proc = subprocess.Popen([grufinity_exe(), "serve", str(root), "--port", "0", "--max-new-tokens", "1000000000"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
@@ -128,7 +128,9 @@ def test_generate_with_a_seed_writes_what_the_cli_writes(browser, server):
 
 def test_stop_ends_a_long_generation(browser, server):
     wait = open_view(browser, server["url"], "generate")
-    set_box(browser, "max_new_tokens", 1_000_000)
+    # Far more than a tiny model decodes in the test's time (it did 1,000,000 in 15 s on a 2-core
+    # AMD EPYC, finishing before Stop was clicked once): only Stop can end it.
+    set_box(browser, "max_new_tokens", 1_000_000_000)
     browser.find_element(By.ID, "prompt").send_keys("a")
     browser.find_element(By.ID, "send").click()
     wait.until(lambda d: len(generated(d)) > 0)
