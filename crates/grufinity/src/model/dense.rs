@@ -22,9 +22,9 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
-
-use super::fused::{f32s, supported, vectorised};
 use rayon::prelude::*;
+
+use super::fused::{f32s, supported, vectorised, written};
 use super::gemm_bf16::{self, Kernel};
 
 thread_local! {
@@ -165,47 +165,44 @@ impl DenseOps for Flex {
 
 /// The CPU pass of [`DenseOps::dense_add_bias`].
 fn add_bias_rows(y: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
-        let (yv, bv) = (f32s(y), f32s(bias));
-        let n = bv.len();
-        assert!(n > 0 && yv.len() % n == 0, "add_bias: the bias must have one value per column");
-        let mut out = Vec::with_capacity(yv.len());
-        out.spare_capacity_mut().par_chunks_mut(BIAS_ROWS * n).zip(yv.par_chunks(BIAS_ROWS * n)).for_each(|(o, y)| {
-            vectorised(#[inline(always)] || {
-                for (o, y) in o.chunks_exact_mut(n).zip(y.chunks_exact(n)) {
-                    for ((o, &y), &b) in o.iter_mut().zip(y).zip(bv.iter()) {
-                        o.write(y + b);
-                    }
+    let (yv, bv) = (f32s(y), f32s(bias));
+    let n = bv.len();
+    assert!(n > 0 && yv.len() % n == 0, "add_bias: the bias must have one value per column");
+    let out = written(yv.len(), BIAS_ROWS * n, |i, out| {
+        vectorised(#[inline(always)] || {
+            for (o, y) in out.chunks_exact_mut(n).zip(yv[i * BIAS_ROWS * n..].chunks_exact(n)) {
+                for ((o, &y), &b) in o.iter_mut().zip(y).zip(bv.iter()) {
+                    o.write(y + b);
                 }
-            })
-        });
-        // SAFETY: every element was written above.
-        unsafe { out.set_len(yv.len()) };
-        FlexTensor::from_data(TensorData::new(out, y.shape()))
+            }
+        })
+    });
+    FlexTensor::from_data(TensorData::new(out, y.shape()))
 }
 
 /// The CPU pass of [`DenseOps::dense_sum_rows`].
 fn sum_rows(g: &FlexTensor) -> FlexTensor {
-        let shape = g.shape();
-        let n = shape[shape.num_dims() - 1];
-        let gv = f32s(g);
-        // Each task's partial sums, added in task order: the same result on every run.
-        let partials: Vec<Vec<f32>> = gv
-            .par_chunks(BIAS_ROWS * n)
-            .map(|rows| {
-                let mut acc = vec![0.0f32; n];
-                vectorised(#[inline(always)] || {
-                    for row in rows.chunks_exact(n) {
-                        acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
-                    }
-                });
-                acc
-            })
-            .collect();
-        let mut total = vec![0.0f32; n];
-        for p in &partials {
-            total.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
-        }
-        FlexTensor::from_data(TensorData::new(total, [n]))
+    let shape = g.shape();
+    let n = shape[shape.num_dims() - 1];
+    let gv = f32s(g);
+    // Each task's partial sums, added in task order: the same result on every run.
+    let partials: Vec<Vec<f32>> = gv
+        .par_chunks(BIAS_ROWS * n)
+        .map(|rows| {
+            let mut acc = vec![0.0f32; n];
+            vectorised(#[inline(always)] || {
+                for row in rows.chunks_exact(n) {
+                    acc.iter_mut().zip(row).for_each(|(a, &v)| *a += v);
+                }
+            });
+            acc
+        })
+        .collect();
+    let mut total = vec![0.0f32; n];
+    for p in &partials {
+        total.iter_mut().zip(p).for_each(|(a, &v)| *a += v);
+    }
+    FlexTensor::from_data(TensorData::new(total, [n]))
 }
 
 impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {

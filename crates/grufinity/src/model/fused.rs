@@ -34,6 +34,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
 /// Backend operations of the fused recurrence.
 #[backend_extension(Flex, Autodiff)]
@@ -180,25 +181,35 @@ pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// `len` zeros, written by rayon's threads. The kernels below write their outputs in parallel,
-/// but a `vec![0.0; len]` before them is serial time in which the other cores wait: 1.3% of a
-/// large-model bf16 training step's samples, all on the main thread, on a 2-core AMD EPYC.
-pub(crate) fn zeros(len: usize) -> Vec<f32> {
+/// A new vector of `len` values, written chunk by chunk on rayon's threads: `fill(i, out)`
+/// must write every value of chunk `i` (`chunk` values; the last may be shorter). Nothing is
+/// zeroed first: a `vec![0.0; len]` before a parallel kernel is serial time in which the other
+/// cores wait (1.3% of a large-model bf16 training step's samples, all on the main thread, on a
+/// 2-core AMD EPYC), and a second pass over the output besides.
+pub(crate) fn written(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
     let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut().par_chunks_mut(1 << 16).for_each(|c| c.fill(std::mem::MaybeUninit::new(0.0)));
-    // SAFETY: every element of the first `len` was just written.
+    v.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, out)| fill(i, out));
+    // SAFETY: `fill` wrote every value of every chunk, which together cover the first `len`.
     unsafe { v.set_len(len) };
     v
 }
 
+/// `len` zeros, written by rayon's threads (for kernels that add into their output or write
+/// it in an order [`written`] cannot hand out).
+pub(crate) fn zeros(len: usize) -> Vec<f32> {
+    written(len, 1 << 16, |_, out| out.fill(MaybeUninit::new(0.0)))
+}
+
+/// Elements per parallel task of the elementwise maps.
+const MAP_CHUNK: usize = 1 << 14;
+
 /// Applies `f` elementwise over `x` in parallel chunks; same shape out.
 fn map_parallel(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let v = f32s(x);
-    let mut out = zeros(v.len());
-    out.par_chunks_mut(1 << 14).zip(v.par_chunks(1 << 14)).for_each(|(o, i)| {
+    let out = written(v.len(), MAP_CHUNK, |i, out| {
         vectorised(#[inline(always)] || {
-            for (o, &i) in o.iter_mut().zip(i) {
-                *o = f(i);
+            for (o, &x) in out.iter_mut().zip(&v[i * MAP_CHUNK..]) {
+                o.write(f(x));
             }
         })
     });
@@ -276,20 +287,18 @@ impl MinGruScanOps for Flex {
 
     fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
         let (xv, gv) = (f32s(&x), f32s(&grad));
-        let mut out = zeros(xv.len());
-        out.par_chunks_mut(1 << 14)
-            .zip(xv.par_chunks(1 << 14).zip(gv.par_chunks(1 << 14)))
-            .for_each(|(o, (x, g))| {
-                vectorised(#[inline(always)] || {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
-                        let e = exp(-0.5 * x * x);
-                        let cdf = 0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e));
-                        let pdf = FRAC_1_SQRT_2PI * e;
-                        *o = g * (cdf + x * pdf);
-                    }
-                })
-            });
+        let out = written(xv.len(), MAP_CHUNK, |i, out| {
+            let (x, g) = (&xv[i * MAP_CHUNK..], &gv[i * MAP_CHUNK..]);
+            vectorised(#[inline(always)] || {
+                for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
+                    // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
+                    let e = exp(-0.5 * x * x);
+                    let cdf = 0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e));
+                    let pdf = FRAC_1_SQRT_2PI * e;
+                    o.write(g * (cdf + x * pdf));
+                }
+            })
+        });
         FlexTensor::from_data(TensorData::new(out, x.shape()))
     }
 }
