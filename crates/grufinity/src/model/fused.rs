@@ -187,17 +187,21 @@ pub(crate) fn vectorised<R>(f: impl FnOnce() -> R) -> R {
 /// cores wait (1.3% of a large-model bf16 training step's samples, all on the main thread, on a
 /// 2-core AMD EPYC), and a second pass over the output besides.
 pub(crate) fn written(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    v.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().for_each(|(i, out)| fill(i, out));
-    // SAFETY: `fill` wrote every value of every chunk, which together cover the first `len`.
-    unsafe { v.set_len(len) };
-    v
+    written_with(len, chunk, fill).0
 }
 
-/// `len` zeros, written by rayon's threads (for kernels that add into their output or write
-/// it in an order [`written`] cannot hand out).
-pub(crate) fn zeros(len: usize) -> Vec<f32> {
-    written(len, 1 << 16, |_, out| out.fill(MaybeUninit::new(0.0)))
+/// [`written`], also returning what `fill` returned for each chunk, in chunk order (a kernel's
+/// per-task partial sums or carried state).
+pub(crate) fn written_with<R: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) -> R + Sync,
+) -> (Vec<f32>, Vec<R>) {
+    let mut v = Vec::with_capacity(len);
+    let results = v.spare_capacity_mut()[..len].par_chunks_mut(chunk).enumerate().map(|(i, out)| fill(i, out)).collect();
+    // SAFETY: `fill` wrote every value of every chunk, which together cover the first `len`.
+    unsafe { v.set_len(len) };
+    (v, results)
 }
 
 /// Elements per parallel task of the elementwise maps.
@@ -226,8 +230,7 @@ impl MinGruScanOps for Flex {
         let [b, t, e2] = dims3(&hz);
         let e = e2 / 2;
         let (hz, h0v) = (f32s(&hz), f32s(&h0));
-        let mut out = zeros(b * t * e);
-        out.par_chunks_mut(t * e).enumerate().for_each(|(row, out)| {
+        let out = written(b * t * e, t * e, |row, out| {
             let hz = &hz[row * t * e2..(row + 1) * t * e2];
             let mut prev: Vec<f32> = h0v[row * e..(row + 1) * e].to_vec();
             vectorised(#[inline(always)] || {
@@ -236,7 +239,7 @@ impl MinGruScanOps for Flex {
                     for (((out, prev), &kh), &kz) in out.iter_mut().zip(prev.iter_mut()).zip(kh).zip(kz) {
                         let z = sigmoid(kz);
                         let h = *prev + z * (g(kh) - *prev);
-                        *out = h;
+                        out.write(h);
                         *prev = h;
                     }
                 }
@@ -254,9 +257,8 @@ impl MinGruScanOps for Flex {
         let [b, t, e2] = dims3(&hz);
         let e = e2 / 2;
         let (hz, h0v, hv, gv) = (f32s(&hz), f32s(&h0), f32s(&h), f32s(&grad));
-        let mut dhz = zeros(b * t * e2);
-        let mut dh0 = vec![0.0f32; b * e];
-        dhz.par_chunks_mut(t * e2).zip(dh0.par_chunks_mut(e)).enumerate().for_each(|(row, (dhz, dh0))| {
+        // Each row's gradient of h0 is the carry its reverse pass ends with.
+        let (dhz, carries) = written_with(b * t * e2, t * e2, |row, dhz| {
             let (hz, hv, gv) = (&hz[row * t * e2..], &hv[row * t * e..], &gv[row * t * e..]);
             let mut carry = vec![0.0f32; e];
             vectorised(#[inline(always)] || {
@@ -270,15 +272,15 @@ impl MinGruScanOps for Flex {
                     for ((((&kh, &kz), &prev), &gv), ((dkh, dkz), carry)) in ins.zip(outs) {
                         let z = sigmoid(kz);
                         let a = gv + *carry;
-                        *dkz = a * (g(kh) - prev) * z * (1.0 - z);
-                        *dkh = a * z * g_prime(kh);
+                        dkz.write(a * (g(kh) - prev) * z * (1.0 - z));
+                        dkh.write(a * z * g_prime(kh));
                         *carry = a * (1.0 - z);
                     }
                 }
             });
-            dh0.copy_from_slice(&carry);
+            carry
         });
-        (flex(dhz, [b, t, e2]), flex(dh0, [b, 1, e]))
+        (flex(dhz, [b, t, e2]), flex(carries.concat(), [b, 1, e]))
     }
 
     fn fused_gelu(x: FlexTensor) -> FlexTensor {

@@ -21,9 +21,8 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
-use rayon::prelude::*;
 
-use super::fused::{f32s, supported, vectorised, zeros};
+use super::fused::{f32s, supported, vectorised, written, written_with};
 
 /// Backend operations of the fused RMSNorm.
 #[backend_extension(Flex, Autodiff)]
@@ -86,13 +85,13 @@ impl RmsNormOps for Flex {
         let shape = x.shape();
         let (xv, gv) = (f32s(&x), f32s(&gamma));
         let d = gv.len();
-        let mut out = zeros(xv.len());
-        out.par_chunks_mut(ROWS * d).zip(xv.par_chunks(ROWS * d)).for_each(|(out, x)| {
+        let out = written(xv.len(), ROWS * d, |i, out| {
+            let x = &xv[i * ROWS * d..(i * ROWS * d + out.len())];
             vectorised(#[inline(always)] || {
                 for (out, x) in out.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                     let r = inv_rms(x, eps);
                     for ((o, &x), &g) in out.iter_mut().zip(x).zip(gv.iter()) {
-                        *o = x * r * g;
+                        o.write(x * r * g);
                     }
                 }
             })
@@ -104,26 +103,23 @@ impl RmsNormOps for Flex {
         let (shape, gshape) = (x.shape(), gamma.shape());
         let (xv, gv, dy) = (f32s(&x), f32s(&gamma), f32s(&grad));
         let d = gv.len();
-        let mut dx = zeros(xv.len());
         // Each task's share of dL/dgamma, added in task order afterwards (deterministic).
-        let partials: Vec<Vec<f32>> = dx
-            .par_chunks_mut(ROWS * d)
-            .zip(xv.par_chunks(ROWS * d).zip(dy.par_chunks(ROWS * d)))
-            .map(|(dx, (x, dy))| {
-                let mut dg = vec![0.0f32; d];
-                vectorised(#[inline(always)] || {
-                    for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
-                        let r = inv_rms(x, eps);
-                        let k = r * r * r * dot3(dy, &gv, x) / d as f32;
-                        for ((((dx, &x), &dy), &g), dg) in dx.iter_mut().zip(x).zip(dy).zip(gv.iter()).zip(dg.iter_mut()) {
-                            *dx = r * dy * g - k * x;
-                            *dg += dy * x * r;
-                        }
+        let (dx, partials) = written_with(xv.len(), ROWS * d, |i, dx| {
+            let rows = i * ROWS * d..i * ROWS * d + dx.len();
+            let (x, dy) = (&xv[rows.clone()], &dy[rows]);
+            let mut dg = vec![0.0f32; d];
+            vectorised(#[inline(always)] || {
+                for ((dx, x), dy) in dx.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(dy.chunks_exact(d)) {
+                    let r = inv_rms(x, eps);
+                    let k = r * r * r * dot3(dy, &gv, x) / d as f32;
+                    for ((((dx, &x), &dy), &g), dg) in dx.iter_mut().zip(x).zip(dy).zip(gv.iter()).zip(dg.iter_mut()) {
+                        dx.write(r * dy * g - k * x);
+                        *dg += dy * x * r;
                     }
-                });
-                dg
-            })
-            .collect();
+                }
+            });
+            dg
+        });
         let mut dgamma = vec![0.0f32; d];
         for p in &partials {
             dgamma.iter_mut().zip(p).for_each(|(a, b)| *a += b);
