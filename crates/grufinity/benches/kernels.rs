@@ -150,7 +150,7 @@ fn matmul(c: &mut Criterion) {
         for kernel in Kernel::all_here().into_iter().filter(|&kernel| kernel != Kernel::Portable) {
             group.bench_function(format!("{name} bf16 {}", kernel.name()), |bench| {
                 // SAFETY: the views describe `a_data` and `b_data`, alive for the benchmark.
-                bench.iter(|| black_box(unsafe { gemm(m, n, k, a_view, b_view, kernel, true) }))
+                bench.iter(|| black_box(unsafe { gemm(m, n, k, a_view, b_view, None, kernel, true) }))
             });
         }
     }

@@ -232,29 +232,39 @@ fn dense_matmul_matches_burn() {
     }
 }
 
-/// The fused bias add and its gradients (input and bias) against Burn's broadcast add, with
-/// more rows than one parallel task takes (64) and a width that is not a multiple of 16.
+/// The CPU affine map (`dense::affine`: product and bias in one op) and its three gradients
+/// against Burn's matmul plus broadcast add, with more rows than one bias task takes (64) and
+/// a width that is not a multiple of 16; and, where this CPU has bfloat16 products, the fused
+/// bias of those products against a bfloat16 product followed by Burn's add.
 #[test]
-fn fused_bias_add_matches_burn() {
-    use grufinity::model::dense::add_bias;
+fn affine_matches_burn() {
+    use burn::tensor::TensorData;
+    use grufinity::model::dense::{affine, matmul, Bf16Products};
     let mut rng = Rng(79);
-    let (m, n) = (150, 37);
-    let values = rng.normals(m * n, 2.0);
-    let bias: Vec<f32> = rng.normals(n, 1.0).into_iter().map(|b| b as f32).collect();
-    let weights = rng.normals(m * n, 1.0);
+    let (m, k, n) = (150, 40, 37);
+    let (xv, wv, bv, gv) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(n, 1.0), rng.normals(m * n, 1.0));
     let ad = cpu().autodiff();
-    let run = |fused: bool| {
-        let x = tensor3(&values, [1, m, n], &ad).reshape([m, n]).require_grad();
-        let b = Tensor::<1>::from_data(burn::tensor::TensorData::new(bias.clone(), [n]), &ad).require_grad();
-        let y = if fused { add_bias(x.clone(), b.clone()) } else { x.clone() + b.clone().unsqueeze::<2>() };
-        let w = tensor3(&weights, [1, m, n], &ad).reshape([m, n]);
-        let g = (y.clone() * w).sum().backward();
-        (to_vec(y.reshape([1, m, n])), to_vec(x.grad(&g).unwrap().reshape([1, m, n])), to_vec(b.grad(&g).unwrap()))
+    let tensor = |v: &[f64], shape: Vec<usize>| {
+        Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &ad)
     };
-    let (ya, dxa, dba) = run(true);
-    let (yb, dxb, dbb) = run(false);
-    assert_eq!(ya, yb, "values differ");
-    assert_eq!(dxa, dxb, "input gradients differ");
-    let db_err = dba.iter().zip(&dbb).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    assert!(db_err <= 1e-4, "bias gradients differ by {db_err}");
+    let run = |fused: bool| {
+        let x = tensor(&xv, vec![m, k]).require_grad();
+        let w = tensor(&wv, vec![k, n]).require_grad();
+        let b = tensor(&bv, vec![1, n]).reshape([n]).require_grad();
+        let y = if fused { affine(x.clone(), w.clone(), b.clone()) } else { matmul(x.clone(), w.clone()) + b.clone().unsqueeze::<2>() };
+        let g = (y.clone() * tensor(&gv, vec![m, n])).sum().backward();
+        [to_vec(y), to_vec(x.grad(&g).unwrap()), to_vec(w.grad(&g).unwrap()), to_vec(b.grad(&g).unwrap().reshape([1, n]))]
+    };
+    let names = ["value", "dL/dx", "dL/dw", "dL/dbias"];
+    let (ours, burn) = (run(true), run(false));
+    for ((name, x), y) in names.iter().zip(&ours).zip(&burn) {
+        assert!(max_abs_diff(x, y) <= 1e-3, "f32: {name} differs by {}", max_abs_diff(x, y));
+    }
+    if let Some(_bf16) = Bf16Products::enable() {
+        let (ours, separate) = (run(true), run(false));
+        assert!(max_abs_diff(&ours[0], &burn[0]) > 0.0, "the bfloat16 products did not run");
+        for ((name, x), y) in names.iter().zip(&ours).zip(&separate) {
+            assert!(max_abs_diff(x, y) <= 1e-4, "bf16: {name} differs by {}", max_abs_diff(x, y));
+        }
+    }
 }

@@ -24,7 +24,7 @@ use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
-use super::fused::{f32s, supported, vectorised, written};
+use super::fused::{f32s, supported, vectorised};
 use super::gemm_bf16::{self, Kernel};
 
 thread_local! {
@@ -61,20 +61,21 @@ pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
         return rows_times(x, layer.weight.val());
     };
     let [b, t, d] = x.dims();
-    let y = matmul(x.reshape([b * t, d]), layer.weight.val());
-    let n = y.dims()[1];
-    add_bias(y, bias.val()).reshape([b, t, n])
+    let n = layer.weight.dims()[1];
+    affine(x.reshape([b * t, d]), layer.weight.val(), bias.val()).reshape([b, t, n])
 }
 
-/// `y`: `[M, N]` plus `bias`: `[N]` on every row. On the CPU one parallel pass each way:
-/// Burn's broadcast add and, backward, its sum over the rows run on one thread, and for the
+/// `x`: `[M, K]` times `w`: `[K, N]` plus `bias`: `[N]` on every row → `[M, N]`. On the CPU the
+/// bias is added as part of the product (bfloat16 products add it to each block of rows while
+/// it is in cache; f32 ones in one parallel pass), and its gradient is one parallel sum over
+/// the rows: Burn's broadcast add and, backward, its row sum run on one thread, and for the
 /// feed-forward layers of the large model (4096 x 2048 activations) those passes were serial
 /// time in which the other cores waited.
-pub fn add_bias(y: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
-    if !supported(&y.device()) {
-        return y + bias.unsqueeze::<2>();
+pub fn affine(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
+    if !supported(&x.device()) {
+        return x.matmul(w) + bias.unsqueeze::<2>();
     }
-    Tensor::from_dispatch(<Dispatch as DenseOps>::dense_add_bias(y.into_dispatch(), bias.into_dispatch()))
+    Tensor::from_dispatch(<Dispatch as DenseOps>::dense_affine(x.into_dispatch(), w.into_dispatch(), bias.into_dispatch()))
 }
 
 /// `x`: `[B, T, D_in]` times `w`: `[D_in, D_out]` → `[B, T, D_out]`.
@@ -98,8 +99,8 @@ pub trait DenseOps: Backend {
     /// `a`: `[M, K]`, `b`: `[K, N]` → `a b`: `[M, N]`.
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self>;
 
-    /// `y`: `[M, N]`, `bias`: `[N]` → `y + bias` on every row: `[M, N]`.
-    fn dense_add_bias(y: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// `x`: `[M, K]`, `w`: `[K, N]`, `bias`: `[N]` → `x w + bias` on every row: `[M, N]`.
+    fn dense_affine(x: FloatTensor<Self>, w: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self>;
 
     /// `g`: `[M, N]` → the sum of its rows: `[N]` (the bias gradient), added in a fixed order.
     fn dense_sum_rows(g: FloatTensor<Self>) -> FloatTensor<Self>;
@@ -125,22 +126,37 @@ fn view(t: &FlexTensor) -> ([usize; 2], *const f32, isize, isize) {
 
 impl DenseOps for Flex {
     fn dense_matmul(a: FlexTensor, b: FlexTensor) -> FlexTensor {
-        let ([m, k], a_ptr, a_rs, a_cs) = view(&a);
-        let ([k2, n], b_ptr, b_rs, b_cs) = view(&b);
-        assert_eq!(k, k2, "matmul: inner dimensions differ");
-        if k == 0 {
-            return FlexTensor::from_data(TensorData::new(vec![0.0f32; m * n], [m, n]));
-        }
-        let parallel = m * n * k >= PARALLEL_MIN;
-        if let Some(kernel) = BF16.with(|b| b.get()) {
-            let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
-            // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
-            // only turns this on where the instructions exist.
-            let out = unsafe { gemm_bf16::gemm(m, n, k, a, b, kernel, parallel) };
-            return FlexTensor::from_data(TensorData::new(out, [m, n]));
-        }
-        let mut out: Vec<f32> = Vec::with_capacity(m * n);
-        let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+        product(&a, &b, None)
+    }
+
+    fn dense_affine(x: FlexTensor, w: FlexTensor, bias: FlexTensor) -> FlexTensor {
+        product(&x, &w, Some(&bias))
+    }
+
+    fn dense_sum_rows(g: FlexTensor) -> FlexTensor {
+        sum_rows(&g)
+    }
+}
+
+/// `a b (+ bias)` on the CPU: bfloat16 operands where [`Bf16Products`] is on, f32 otherwise.
+fn product(a: &FlexTensor, b: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+    let ([m, k], a_ptr, a_rs, a_cs) = view(a);
+    let ([k2, n], b_ptr, b_rs, b_cs) = view(b);
+    assert_eq!(k, k2, "matmul: inner dimensions differ");
+    let bias_values = bias.map(f32s);
+    let parallel = m * n * k >= PARALLEL_MIN;
+    if let (Some(kernel), true) = (BF16.with(|b| b.get()), k > 0) {
+        let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
+        // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
+        // only turns this on where the instructions exist.
+        let out = unsafe { gemm_bf16::gemm(m, n, k, a, b, bias_values.as_deref(), kernel, parallel) };
+        return FlexTensor::from_data(TensorData::new(out, [m, n]));
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    if k == 0 {
+        out.resize(m * n, 0.0);
+    } else {
         // SAFETY: `out` has room for `m * n` elements, written (not read: `read_dst` is false)
         // row-major by gemm before `set_len`; the operands' pointers and strides describe
         // `a` and `b`, which outlive the call.
@@ -151,33 +167,24 @@ impl DenseOps for Flex {
             );
             out.set_len(m * n);
         }
-        FlexTensor::from_data(TensorData::new(out, [m, n]))
     }
-
-    fn dense_add_bias(y: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        add_bias_rows(&y, &bias)
+    if let Some(bias) = bias_values {
+        add_bias_rows(&mut out, &bias);
     }
-
-    fn dense_sum_rows(g: FlexTensor) -> FlexTensor {
-        sum_rows(&g)
-    }
+    FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
-/// The CPU pass of [`DenseOps::dense_add_bias`].
-fn add_bias_rows(y: &FlexTensor, bias: &FlexTensor) -> FlexTensor {
-    let (yv, bv) = (f32s(y), f32s(bias));
-    let n = bv.len();
-    assert!(n > 0 && yv.len() % n == 0, "add_bias: the bias must have one value per column");
-    let out = written(yv.len(), BIAS_ROWS * n, |i, out| {
+/// Adds `bias` (`[N]`) to every row of `y` (`[M, N]`, row-major), in place, in parallel.
+fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
+    let n = bias.len();
+    assert!(n > 0 && y.len() % n == 0, "add_bias: the bias must have one value per column");
+    y.par_chunks_mut(BIAS_ROWS * n).for_each(|rows| {
         vectorised(#[inline(always)] || {
-            for (o, y) in out.chunks_exact_mut(n).zip(yv[i * BIAS_ROWS * n..].chunks_exact(n)) {
-                for ((o, &y), &b) in o.iter_mut().zip(y).zip(bv.iter()) {
-                    o.write(y + b);
-                }
+            for row in rows.chunks_exact_mut(n) {
+                row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
             }
         })
     });
-    FlexTensor::from_data(TensorData::new(out, y.shape()))
 }
 
 /// The CPU pass of [`DenseOps::dense_sum_rows`].
@@ -236,30 +243,36 @@ impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
         }
     }
 
-    fn dense_add_bias(y: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
+    fn dense_affine(x: FloatTensor<Self>, w: FloatTensor<Self>, bias: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
-        struct AddBias;
+        struct Affine;
 
-        impl<B: Backend + DenseOps> Backward<B, 2> for AddBias {
-            type State = ();
+        impl<B: Backend + DenseOps> Backward<B, 3> for Affine {
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive);
 
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_y, node_bias] = ops.parents;
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let (x, w) = ops.state;
+                let [node_x, node_w, node_bias] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
+                // dL/dx = g w^T, dL/dw = x^T g (transposes are views), dL/dbias = the rows of g summed.
                 if let Some(node) = node_bias {
                     grads.register::<B>(node.id, B::dense_sum_rows(grad.clone()));
                 }
-                if let Some(node) = node_y {
-                    grads.register::<B>(node.id, grad);
+                if let Some(node) = node_x {
+                    grads.register::<B>(node.id, B::dense_matmul(grad.clone(), B::float_transpose(w)));
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, B::dense_matmul(B::float_transpose(x), grad));
                 }
             }
         }
 
-        let guards = [y.node(), bias.node()];
-        let out = B::dense_add_bias(y.into_primitive(), bias.into_primitive());
-        match AddBias.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((), out),
-            OpsKind::UnTracked(prep) => prep.finish(out),
+        let guards = [x.node(), w.node(), bias.node()];
+        let (x, w) = (x.into_primitive(), w.into_primitive());
+        let y = B::dense_affine(x.clone(), w.clone(), bias.into_primitive());
+        match Affine.prepare::<C>(guards).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x, w), y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
         }
     }
 

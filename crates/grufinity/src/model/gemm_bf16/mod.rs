@@ -225,17 +225,24 @@ fn avx512_available() -> bool {
     }
 }
 
-/// `C = A B` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, a new vector written once) with both
-/// operands rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here));
-/// `parallel` splits the rows of `C` between the threads of rayon's pool.
+/// `C = A B (+ bias)` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, a new vector written once)
+/// with both operands rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here));
+/// `bias` (`[n]`, f32) is added to every row of `C` while its rows are still in cache, not as
+/// a pass of its own over `C`; `parallel` splits the rows of `C` between the threads of
+/// rayon's pool.
 ///
 /// # Safety
 /// `a` and `b` must describe `[m, k]` and `[k, n]` matrices that stay alive and unchanged
 /// during the call.
-pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, kernel: Kernel, parallel: bool) -> Vec<f32> {
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, bias: Option<&[f32]>, kernel: Kernel, parallel: bool) -> Vec<f32> {
     assert!(kernel.runs_here(), "the {} kernel does not run on this CPU", kernel.name());
+    assert!(bias.is_none_or(|bias| bias.len() == n), "gemm: the bias must have one value per column");
     if m == 0 || n == 0 || k == 0 {
-        return vec![0.0; m * n];
+        return match bias {
+            Some(bias) => (0..m).flat_map(|_| bias.iter().copied()).collect(),
+            None => vec![0.0; m * n],
+        };
     }
     let panels = n.div_ceil(NR);
     let mr_block = kernel.rows();
@@ -318,6 +325,16 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, kernel: Kerne
                         add(c0, &acc);
                     }
                 }
+            }
+            if let (true, Some(bias)) = (fresh, bias) {
+                // SAFETY: these `mr` rows of C are this thread's, and the first block of steps
+                // has just written them.
+                let block = unsafe { std::slice::from_raw_parts_mut(c_rows, mr * n) };
+                crate::model::fused::vectorised(#[inline(always)] || {
+                    for row in block.chunks_exact_mut(n) {
+                        row.iter_mut().zip(bias).for_each(|(c, &b)| *c += b);
+                    }
+                });
             }
         };
         let spare = &mut c.spare_capacity_mut()[..m * n];
@@ -437,15 +454,17 @@ mod tests {
                 let bv = View { ptr: bt.as_ptr(), rs: 1, cs: k as isize };
                 let exact: Vec<f64> =
                     (0..m * n).map(|ij| (0..k).map(|kk| r(a_at(ij / n, kk)) * r(bt[(ij % n) * k + kk])).sum()).collect();
+                let bias = matrix(1, n, 3);
                 for kernel in Kernel::all_here() {
-                    for parallel in [false, true] {
+                    for (parallel, with_bias) in [(false, false), (true, false), (true, true)] {
                         // SAFETY: the views describe `a` and `bt`, alive for the call.
-                        let c = unsafe { gemm(m, n, k, av, bv, kernel, parallel) };
+                        let c = unsafe { gemm(m, n, k, av, bv, with_bias.then_some(&bias[..]), kernel, parallel) };
                         for (i, (&got, &want)) in c.iter().zip(&exact).enumerate() {
+                            let want = if with_bias { want + bias[i % n] as f64 } else { want };
                             let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
                             assert!(
                                 (got as f64 - want).abs() < tolerance,
-                                "{m}x{n}x{k} a_transposed={a_transposed} {kernel:?} parallel={parallel} [{i}]: {got} vs {want}"
+                                "{m}x{n}x{k} a_transposed={a_transposed} {kernel:?} parallel={parallel} bias={with_bias} [{i}]: {got} vs {want}"
                             );
                         }
                     }
