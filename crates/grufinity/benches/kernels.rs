@@ -8,7 +8,9 @@
 //!   depth 4; dim 256, depth 4; dim 512, depth 6): Burn's forward, and the host step with f32
 //!   bf16 and int8 weights;
 //! - the matrix products of a dim-512 block at batch 16, chunk 256 (4096 rows), in f32 (`gemm`)
-//!   and with bfloat16 operands (each of the AVX512-BF16 and AMX kernels the CPU has).
+//!   and with bfloat16 operands (each of the AVX512-BF16 and AMX kernels the CPU has);
+//! - that block's GELU feed-forward (512 -> 2048 -> 512), forward and backward, with f32 and
+//!   (where the CPU has them) bfloat16 products.
 
 use std::hint::black_box;
 
@@ -157,5 +159,29 @@ fn matmul(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, scan, train_step, decode_step, matmul);
+fn feed_forward(c: &mut Criterion) {
+    use grufinity::model::block::FeedForward;
+    use grufinity::model::dense::Bf16Products;
+    use grufinity::model::init::Init;
+    use grufinity::model::FeedForwardKind;
+    grufinity::alloc::keep_freed_memory();
+    let ad = Device::flex().autodiff();
+    let ff = FeedForward::new(512, 2048, FeedForwardKind::Gelu, &mut Init::new(0, &ad));
+    let x = Tensor::<3>::random([16, 256, 512], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let mut group = c.benchmark_group("feed-forward 512-2048-512, 4096 rows");
+    group.throughput(Throughput::Elements(4096));
+    group.sample_size(20);
+    for bf16 in [false, true] {
+        let _products = if bf16 { Bf16Products::enable() } else { None };
+        if bf16 && _products.is_none() {
+            continue;
+        }
+        group.bench_function(format!("forward+backward {}", if bf16 { "bf16" } else { "f32" }), |bench| {
+            bench.iter(|| black_box(ff.forward(x.clone()).sum().backward()))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, scan, train_step, decode_step, matmul, feed_forward);
 criterion_main!(benches);

@@ -13,7 +13,7 @@ use burn::tensor::Tensor;
 use super::config::{FeedForwardKind, ModelConfig};
 use super::conv::CausalConv;
 use super::dense;
-use super::fused;
+use super::fused_ff::gelu_feed_forward;
 use super::fused_norm::rms_norm;
 use super::init::Init;
 use super::mingru::MinGru;
@@ -40,12 +40,13 @@ impl FeedForward {
 
     /// `[B, T, D] -> [B, T, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        if let (false, Some(b1), Some(b2)) = (self.swiglu, &self.up.bias, &self.down.bias) {
+            return gelu_feed_forward(x, self.up.weight.val(), b1.val(), self.down.weight.val(), b2.val());
+        }
         let up = dense::linear(&self.up, x);
         let hidden = if self.swiglu {
             let h = up.dims()[2] / 2;
             silu(up.clone().narrow(2, 0, h)) * up.narrow(2, h, h)
-        } else if fused::supported(&up.device()) {
-            fused::gelu(up)
         } else {
             gelu(up)
         };

@@ -25,7 +25,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::fused::{f32s, supported, vectorised};
-use super::gemm_bf16::{self, Kernel};
+use super::gemm_bf16::{self, Epilogue, Kernel};
 
 thread_local! {
     /// The kernel of this thread's CPU products if they round their operands to bfloat16 (see
@@ -66,11 +66,10 @@ pub fn linear(layer: &Linear, x: Tensor<3>) -> Tensor<3> {
 }
 
 /// `x`: `[M, K]` times `w`: `[K, N]` plus `bias`: `[N]` on every row → `[M, N]`. On the CPU the
-/// bias is added as part of the product (bfloat16 products add it to each block of rows while
-/// it is in cache; f32 ones in one parallel pass), and its gradient is one parallel sum over
-/// the rows: Burn's broadcast add and, backward, its row sum run on one thread, and for the
-/// feed-forward layers of the large model (4096 x 2048 activations) those passes were serial
-/// time in which the other cores waited.
+/// bias is added as the product's epilogue (see [`product`]) and its gradient is one parallel
+/// sum over the rows: Burn's broadcast add and, backward, its row sum run on one thread, and
+/// for the feed-forward layers of the large model (4096 x 2048 activations) those passes were
+/// serial time in which the other cores waited.
 pub fn affine(x: Tensor<2>, w: Tensor<2>, bias: Tensor<1>) -> Tensor<2> {
     if !supported(&x.device()) {
         return x.matmul(w) + bias.unsqueeze::<2>();
@@ -106,8 +105,8 @@ pub trait DenseOps: Backend {
     fn dense_sum_rows(g: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
-/// Rows per parallel task of the bias passes.
-const BIAS_ROWS: usize = 64;
+/// Rows per parallel task of the row sums, and of the epilogues after f32 products.
+const EPILOGUE_ROWS: usize = 64;
 
 /// Products of at least this many multiply-adds use every thread (Burn's CPU threshold).
 const PARALLEL_MIN: usize = 192 * 192 * 192;
@@ -130,7 +129,7 @@ impl DenseOps for Flex {
     }
 
     fn dense_affine(x: FlexTensor, w: FlexTensor, bias: FlexTensor) -> FlexTensor {
-        product(&x, &w, Some(&bias))
+        product(&x, &w, Some(&add_bias(&f32s(&bias))))
     }
 
     fn dense_sum_rows(g: FlexTensor) -> FlexTensor {
@@ -138,25 +137,26 @@ impl DenseOps for Flex {
     }
 }
 
-/// `a b (+ bias)` on the CPU: bfloat16 operands where [`Bf16Products`] is on, f32 otherwise.
-fn product(a: &FlexTensor, b: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTensor {
+/// `a b` on the CPU (`[M, K]` by `[K, N]`, either a strided view), then `epilogue` on every
+/// block of rows: bfloat16 operands where [`Bf16Products`] is on (the epilogue runs inside the
+/// product, on rows still in cache), f32 otherwise (one parallel pass after it).
+pub(crate) fn product(a: &FlexTensor, b: &FlexTensor, epilogue: Option<&Epilogue>) -> FlexTensor {
     let ([m, k], a_ptr, a_rs, a_cs) = view(a);
     let ([k2, n], b_ptr, b_rs, b_cs) = view(b);
     assert_eq!(k, k2, "matmul: inner dimensions differ");
-    let bias_values = bias.map(f32s);
     let parallel = m * n * k >= PARALLEL_MIN;
-    if let (Some(kernel), true) = (BF16.with(|b| b.get()), k > 0) {
+    if let Some(kernel) = BF16.with(|b| b.get()) {
         let (a, b) = (gemm_bf16::View { ptr: a_ptr, rs: a_rs, cs: a_cs }, gemm_bf16::View { ptr: b_ptr, rs: b_rs, cs: b_cs });
         // SAFETY: the views describe `a` and `b`, which outlive the call; `Bf16Products`
         // only turns this on where the instructions exist.
-        let out = unsafe { gemm_bf16::gemm(m, n, k, a, b, bias_values.as_deref(), kernel, parallel) };
+        let out = unsafe { gemm_bf16::gemm(m, n, k, a, b, epilogue, kernel, parallel) };
         return FlexTensor::from_data(TensorData::new(out, [m, n]));
     }
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     if k == 0 {
         out.resize(m * n, 0.0);
     } else {
+        let threads = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
         // SAFETY: `out` has room for `m * n` elements, written (not read: `read_dst` is false)
         // row-major by gemm before `set_len`; the operands' pointers and strides describe
         // `a` and `b`, which outlive the call.
@@ -168,33 +168,31 @@ fn product(a: &FlexTensor, b: &FlexTensor, bias: Option<&FlexTensor>) -> FlexTen
             out.set_len(m * n);
         }
     }
-    if let Some(bias) = bias_values {
-        add_bias_rows(&mut out, &bias);
+    if let (Some(f), true) = (epilogue, n > 0) {
+        out.par_chunks_mut(EPILOGUE_ROWS * n).enumerate().for_each(|(i, rows)| f(i * EPILOGUE_ROWS, rows));
     }
     FlexTensor::from_data(TensorData::new(out, [m, n]))
 }
 
-/// Adds `bias` (`[N]`) to every row of `y` (`[M, N]`, row-major), in place, in parallel.
-fn add_bias_rows(y: &mut [f32], bias: &[f32]) {
-    let n = bias.len();
-    assert!(n > 0 && y.len() % n == 0, "add_bias: the bias must have one value per column");
-    y.par_chunks_mut(BIAS_ROWS * n).for_each(|rows| {
+/// The epilogue that adds `bias` (`[N]`) to every row.
+pub(crate) fn add_bias(bias: &[f32]) -> impl Fn(usize, &mut [f32]) + Sync + '_ {
+    move |_, rows| {
         vectorised(#[inline(always)] || {
-            for row in rows.chunks_exact_mut(n) {
+            for row in rows.chunks_exact_mut(bias.len()) {
                 row.iter_mut().zip(bias).for_each(|(y, &b)| *y += b);
             }
         })
-    });
+    }
 }
 
 /// The CPU pass of [`DenseOps::dense_sum_rows`].
-fn sum_rows(g: &FlexTensor) -> FlexTensor {
+pub(crate) fn sum_rows(g: &FlexTensor) -> FlexTensor {
     let shape = g.shape();
     let n = shape[shape.num_dims() - 1];
     let gv = f32s(g);
     // Each task's partial sums, added in task order: the same result on every run.
     let partials: Vec<Vec<f32>> = gv
-        .par_chunks(BIAS_ROWS * n)
+        .par_chunks(EPILOGUE_ROWS * n)
         .map(|rows| {
             let mut acc = vec![0.0f32; n];
             vectorised(#[inline(always)] || {

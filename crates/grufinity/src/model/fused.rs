@@ -1,4 +1,5 @@
-//! Fused CPU kernels with their own backward passes: the minGRU recurrence and GELU.
+//! Fused CPU kernels: the minGRU recurrence with its own backward pass, and the elementwise
+//! functions the fused kernels share (a branch-free `exp`, `erf`, GELU and their derivatives).
 //!
 //! On the CPU the log-space parallel scan (a dozen tensor ops per doubling pass) is dominated by
 //! memory traffic and per-op overhead. Sequentially over time but vectorised over the batch and
@@ -18,12 +19,13 @@
 //! dL/dh_0  = a_1 (1 - z_1)
 //! ```
 //!
-//! GELU (exact, `x Phi(x)`) is the other hot elementwise op of a block: Burn's CPU backend spends
-//! more time on it than on the feed-forward matmuls around it. Here it is one pass with an
-//! `erf` accurate to ~1e-7 (Abramowitz & Stegun 7.1.26), and one pass back.
+//! GELU (exact, `x Phi(x)`) is the other hot elementwise op of a block: Burn's CPU backend spent
+//! more time on it than on the feed-forward matmuls around it. Here it is [`gelu`] with an `erf`
+//! accurate to ~1e-7 (Abramowitz & Stegun 7.1.26), applied inside the feed-forward's products
+//! ([`super::fused_ff`]).
 //!
-//! Both are a Burn backend extension for the Flex (CPU) backend and for Autodiff over it; other
-//! backends (GPUs) use the log-space scan of [`super::scan`] and Burn's GELU.
+//! The recurrence is a Burn backend extension for the Flex (CPU) backend and for Autodiff over
+//! it; other backends (GPUs) use the log-space scan of [`super::scan`].
 
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{backend_extension, AutodiffBackend, Backend, Dispatch, DispatchDevice, Flex, TensorMetadata};
@@ -51,12 +53,6 @@ pub trait MinGruScanOps: Backend {
         h: FloatTensor<Self>,
         grad: FloatTensor<Self>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>);
-
-    /// Exact GELU, elementwise, any shape.
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self>;
-
-    /// `dL/dx` of [`MinGruScanOps::fused_gelu`] given `x` and `dL/dy`.
-    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
 }
 
 /// Whether `device` runs the fused kernel (the CPU backend, with or without autodiff).
@@ -66,11 +62,6 @@ pub fn supported(device: &burn::tensor::Device) -> bool {
 
 fn is_autodiff_over_flex(device: &burn::tensor::Device) -> bool {
     device.is_autodiff() && matches!(device.clone().without_autodiff().as_dispatch(), DispatchDevice::Flex(_))
-}
-
-/// Exact GELU. Only on [`supported`] devices.
-pub fn gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    Tensor::from_dispatch(<Dispatch as MinGruScanOps>::fused_gelu(x.into_dispatch()))
 }
 
 /// `hz`: `[B, T, 2E]` (`k_h` then `k_z`), `h0`: `[B, 1, E]` → `h`: `[B, T, E]`. Taking the
@@ -154,6 +145,21 @@ const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 /// `1 / sqrt(2 pi)`.
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
+/// Exact GELU, `x Phi(x)`.
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2))
+}
+
+/// `dL/dx` of [`gelu`] at `x` given `dL/dy` = `g`: `g (Phi(x) + x phi(x))`.
+#[inline(always)]
+pub(crate) fn gelu_backward(x: f32, g: f32) -> f32 {
+    // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
+    let e = exp(-0.5 * x * x);
+    let cdf = 0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e));
+    g * (cdf + x * FRAC_1_SQRT_2PI * e)
+}
+
 /// Runs `f` compiled for AVX-512 (16 lanes) or AVX2 and FMA (8 lanes) when the CPU has them,
 /// else as is (SSE2's 4 lanes: the build targets baseline x86-64). Pass the closure as
 /// `#[inline(always)] || ...`: otherwise the compiler may keep a large closure out of the
@@ -202,22 +208,6 @@ pub(crate) fn written_with<R: Send>(
     // SAFETY: `fill` wrote every value of every chunk, which together cover the first `len`.
     unsafe { v.set_len(len) };
     (v, results)
-}
-
-/// Elements per parallel task of the elementwise maps.
-const MAP_CHUNK: usize = 1 << 14;
-
-/// Applies `f` elementwise over `x` in parallel chunks; same shape out.
-fn map_parallel(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
-    let v = f32s(x);
-    let out = written(v.len(), MAP_CHUNK, |i, out| {
-        vectorised(#[inline(always)] || {
-            for (o, &x) in out.iter_mut().zip(&v[i * MAP_CHUNK..]) {
-                o.write(f(x));
-            }
-        })
-    });
-    FlexTensor::from_data(TensorData::new(out, x.shape()))
 }
 
 fn dims3(t: &FlexTensor) -> [usize; 3] {
@@ -282,27 +272,6 @@ impl MinGruScanOps for Flex {
         });
         (flex(dhz, [b, t, e2]), flex(carries.concat(), [b, 1, e]))
     }
-
-    fn fused_gelu(x: FlexTensor) -> FlexTensor {
-        map_parallel(&x, |v| 0.5 * v * (1.0 + erf(v * FRAC_1_SQRT_2)))
-    }
-
-    fn fused_gelu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let (xv, gv) = (f32s(&x), f32s(&grad));
-        let out = written(xv.len(), MAP_CHUNK, |i, out| {
-            let (x, g) = (&xv[i * MAP_CHUNK..], &gv[i * MAP_CHUNK..]);
-            vectorised(#[inline(always)] || {
-                for ((o, &x), &g) in out.iter_mut().zip(x).zip(g) {
-                    // One exponential serves both: exp(-(x/sqrt 2)^2) = exp(-x^2/2).
-                    let e = exp(-0.5 * x * x);
-                    let cdf = 0.5 * (1.0 + erf_given_exp(x * FRAC_1_SQRT_2, e));
-                    let pdf = FRAC_1_SQRT_2PI * e;
-                    o.write(g * (cdf + x * pdf));
-                }
-            })
-        });
-        FlexTensor::from_data(TensorData::new(out, x.shape()))
-    }
 }
 
 // ---------------------------------------------------------------- autodiff
@@ -347,36 +316,6 @@ impl<B: Backend + MinGruScanOps, C: CheckpointStrategy> MinGruScanOps for Autodi
         let (a, b) =
             B::mingru_recurrence_backward(hz.into_primitive(), h0.into_primitive(), h.into_primitive(), grad.into_primitive());
         (Self::from_inner(a), Self::from_inner(b))
-    }
-
-    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Gelu;
-
-        impl<B: Backend + MinGruScanOps> Backward<B, 1> for Gelu {
-            type State = B::FloatTensorPrimitive;
-
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                let [node] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                if let Some(node) = node {
-                    grads.register::<B>(node.id, B::fused_gelu_backward(x, grad));
-                }
-            }
-        }
-
-        let guards = [x.node()];
-        let x = x.into_primitive();
-        let y = B::fused_gelu(x.clone());
-        match Gelu.prepare::<C>(guards).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(x, y),
-            OpsKind::UnTracked(prep) => prep.finish(y),
-        }
-    }
-
-    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        Self::from_inner(B::fused_gelu_backward(x.into_primitive(), grad.into_primitive()))
     }
 }
 

@@ -5,6 +5,7 @@ pub mod config;
 pub mod dense;
 pub mod conv;
 pub mod fused;
+pub mod fused_ff;
 pub mod fused_norm;
 pub mod gemm_bf16;
 mod gemv;

@@ -225,24 +225,29 @@ fn avx512_available() -> bool {
     }
 }
 
-/// `C = A B (+ bias)` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, a new vector written once)
-/// with both operands rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here));
-/// `bias` (`[n]`, f32) is added to every row of `C` while its rows are still in cache, not as
-/// a pass of its own over `C`; `parallel` splits the rows of `C` between the threads of
+/// What a product does to each block of rows of `C` once they are final, while they are still
+/// in cache: `f(first_row, rows)`, `rows` the block's `[r, n]` values, row-major. Adding a
+/// bias or applying an activation there saves a pass of its own over `C` (for the large
+/// model's feed-forward, a 32 MB read from memory each).
+pub type Epilogue<'a> = dyn Fn(usize, &mut [f32]) + Sync + 'a;
+
+/// `C = A B` (`[m, k] x [k, n] -> [m, n]`, `C` row-major, a new vector written once) with both
+/// operands rounded to bfloat16, on `kernel` (it must [run here](Kernel::runs_here)), then
+/// `epilogue` on every block of rows; `parallel` splits the rows of `C` between the threads of
 /// rayon's pool.
 ///
 /// # Safety
 /// `a` and `b` must describe `[m, k]` and `[k, n]` matrices that stay alive and unchanged
 /// during the call.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, bias: Option<&[f32]>, kernel: Kernel, parallel: bool) -> Vec<f32> {
+pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, epilogue: Option<&Epilogue>, kernel: Kernel, parallel: bool) -> Vec<f32> {
     assert!(kernel.runs_here(), "the {} kernel does not run on this CPU", kernel.name());
-    assert!(bias.is_none_or(|bias| bias.len() == n), "gemm: the bias must have one value per column");
     if m == 0 || n == 0 || k == 0 {
-        return match bias {
-            Some(bias) => (0..m).flat_map(|_| bias.iter().copied()).collect(),
-            None => vec![0.0; m * n],
-        };
+        let mut c = vec![0.0; m * n];
+        if let (Some(f), false) = (epilogue, c.is_empty()) {
+            f(0, &mut c);
+        }
+        return c;
     }
     let panels = n.div_ceil(NR);
     let mr_block = kernel.rows();
@@ -326,15 +331,10 @@ pub unsafe fn gemm(m: usize, n: usize, k: usize, a: View, b: View, bias: Option<
                     }
                 }
             }
-            if let (true, Some(bias)) = (fresh, bias) {
-                // SAFETY: these `mr` rows of C are this thread's, and the first block of steps
-                // has just written them.
-                let block = unsafe { std::slice::from_raw_parts_mut(c_rows, mr * n) };
-                crate::model::fused::vectorised(#[inline(always)] || {
-                    for row in block.chunks_exact_mut(n) {
-                        row.iter_mut().zip(bias).for_each(|(c, &b)| *c += b);
-                    }
-                });
+            if let (true, Some(f)) = (k0 + kc == k, epilogue) {
+                // SAFETY: these `mr` rows of C are this thread's, and every block of steps has
+                // now been added into them.
+                f(r0, unsafe { std::slice::from_raw_parts_mut(c_rows, mr * n) });
             }
         };
         let spare = &mut c.spare_capacity_mut()[..m * n];
@@ -454,13 +454,21 @@ mod tests {
                 let bv = View { ptr: bt.as_ptr(), rs: 1, cs: k as isize };
                 let exact: Vec<f64> =
                     (0..m * n).map(|ij| (0..k).map(|kk| r(a_at(ij / n, kk)) * r(bt[(ij % n) * k + kk])).sum()).collect();
+                // An epilogue that adds a bias and each row's index (a block given the wrong
+                // first row, or a row given it twice, shows).
                 let bias = matrix(1, n, 3);
+                let add = |r0: usize, rows: &mut [f32]| {
+                    for (r, row) in rows.chunks_exact_mut(n).enumerate() {
+                        row.iter_mut().zip(&bias).for_each(|(c, &b)| *c += b + (r0 + r) as f32);
+                    }
+                };
                 for kernel in Kernel::all_here() {
-                    for (parallel, with_bias) in [(false, false), (true, false), (true, true)] {
+                    for (parallel, with_bias) in [(false, false), (true, false), (false, true), (true, true)] {
+                        let epilogue: Option<&Epilogue> = if with_bias { Some(&add) } else { None };
                         // SAFETY: the views describe `a` and `bt`, alive for the call.
-                        let c = unsafe { gemm(m, n, k, av, bv, with_bias.then_some(&bias[..]), kernel, parallel) };
+                        let c = unsafe { gemm(m, n, k, av, bv, epilogue, kernel, parallel) };
                         for (i, (&got, &want)) in c.iter().zip(&exact).enumerate() {
-                            let want = if with_bias { want + bias[i % n] as f64 } else { want };
+                            let want = if with_bias { want + bias[i % n] as f64 + (i / n) as f64 } else { want };
                             let tolerance = 1e-5 * (k as f64).sqrt() * want.abs().max(1.0);
                             assert!(
                                 (got as f64 - want).abs() < tolerance,
