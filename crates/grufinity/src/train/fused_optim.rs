@@ -3,12 +3,12 @@
 //! Written with tensor ops, one AdamW update is some fifteen elementwise ops per parameter, each
 //! allocating and writing a new buffer the size of the parameter: for the 20M-parameter
 //! benchmark model that is gigabytes of memory traffic per step, ~5% of the step. Here it is one
-//! pass that reads the gradient and updates the weights and both moments in place, and the
-//! gradient norm is one read per parameter. Other backends use the tensor-op forms in
-//! [`super::optim`], which these match up to rounding.
+//! pass that reads the gradient and the weights, writes new weights and updates both moments in
+//! place, and the gradient norm is one read per parameter. Other backends use the tensor-op
+//! forms in [`super::optim`], which these match up to rounding.
 
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{backend_extension, AutodiffBackend, Backend, Dispatch, Flex};
+use burn::backend::{backend_extension, AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata};
 use burn::tensor::{DType, Tensor, TensorData};
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::Autodiff;
@@ -80,27 +80,34 @@ fn exclusive(t: FlexTensor) -> FlexTensor {
 
 impl FusedOptimOps for Flex {
     fn adamw_step(p: FlexTensor, g: FlexTensor, m: FlexTensor, v: FlexTensor, s: AdamWStep) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let (mut p, mut m, mut v) = (exclusive(p), exclusive(m), exclusive(v));
-        let g = exclusive(g);
-        let gs = g.storage::<f32>();
-        let (ps, ms, vs) = (p.storage_mut::<f32>(), m.storage_mut::<f32>(), v.storage_mut::<f32>());
-        assert!(gs.len() == ps.len() && ms.len() == ps.len() && vs.len() == ps.len(), "adamw_step: sizes differ");
+        let (mut m, mut v) = (exclusive(m), exclusive(v));
+        let (p, g) = (exclusive(p), exclusive(g));
+        let (ps, gs) = (p.storage::<f32>(), g.storage::<f32>());
+        let (ms, vs) = (m.storage_mut::<f32>(), v.storage_mut::<f32>());
+        let n = ps.len();
+        assert!(gs.len() == n && ms.len() == n && vs.len() == n, "adamw_step: sizes differ");
         let keep = 1.0 - s.decay;
-        ps.par_chunks_mut(CHUNK)
+        // The new weights go to a new buffer: the trainer still holds the old model while it
+        // updates a clone, so updating in place would first copy every weight (on one thread).
+        let mut new_p = Vec::<f32>::with_capacity(n);
+        new_p.spare_capacity_mut()[..n]
+            .par_chunks_mut(CHUNK)
             .zip(ms.par_chunks_mut(CHUNK))
             .zip(vs.par_chunks_mut(CHUNK))
-            .zip(gs.par_chunks(CHUNK))
-            .for_each(|(((p, m), v), g)| {
+            .zip(ps.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
+            .for_each(|(((new_p, m), v), (p, g))| {
                 vectorised(#[inline(always)] || {
-                    for (((p, m), v), &g) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g) {
+                    for ((((new_p, m), v), &p), &g) in new_p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(p).zip(g) {
                         *m = s.beta1 * *m + (1.0 - s.beta1) * g;
                         *v = s.beta2 * *v + (1.0 - s.beta2) * (g * g);
                         let update = (*m / s.bias1) / ((*v / s.bias2).sqrt() + s.eps);
-                        *p = *p * keep - s.lr * update;
+                        new_p.write(p * keep - s.lr * update);
                     }
                 })
             });
-        (p, m, v)
+        // SAFETY: the chunks above wrote all `n` values.
+        unsafe { new_p.set_len(n) };
+        (FlexTensor::from_data(TensorData::new(new_p, p.shape())), m, v)
     }
 
     fn sum_squares(x: FlexTensor) -> FlexTensor {
