@@ -45,9 +45,14 @@ fn main() {
     time("fused recurrence E=384", 5, || {
         let _ = grufinity::model::fused::recurrence(hz.clone(), h0.clone()).sum().backward();
     });
-    let big = Tensor::<3>::random([b, t, h], Distribution::Normal(0.0, 1.0), &ad).require_grad();
-    time("fused gelu [16,256,1024]", 5, || {
-        let _ = grufinity::model::fused::gelu(big.clone()).sum().backward();
+    let ff = grufinity::model::block::FeedForward::new(
+        d,
+        h,
+        grufinity::model::FeedForwardKind::Gelu,
+        &mut grufinity::model::init::Init::new(0, &ad),
+    );
+    time("fused GELU feed-forward 256->1024->256", 5, || {
+        let _ = ff.forward(x.clone()).sum().backward();
     });
     time("residual add [16,256,256]", 5, || {
         let _ = (x.clone() + x.clone()).sum().backward();
