@@ -25,6 +25,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_autodiff::Autodiff;
 use burn_flex::FlexTensor;
+use std::mem::MaybeUninit;
 
 use super::dense::{add_bias, product, sum_rows};
 use super::fused::{f32s, gelu, gelu_backward, vectorised};
@@ -75,9 +76,9 @@ pub fn gelu_feed_forward(x: Tensor<3>, w1: Tensor<2>, b1: Tensor<1>, w2: Tensor<
     Tensor::<2>::from_dispatch(<Dispatch as FeedForwardOps>::gelu_feed_forward(x, w1, b1, w2, b2)).reshape([b, t, d])
 }
 
-/// A pointer to the rows of an output that epilogues on several threads write, each its own
-/// rows.
-struct SharedRows(*mut f32);
+/// A pointer to the (not yet written) rows of an output that epilogues on several threads
+/// write, each its own rows.
+struct SharedRows(*mut MaybeUninit<f32>);
 
 // SAFETY: the epilogues that hold it write disjoint rows (one block of rows each).
 unsafe impl Sync for SharedRows {}
@@ -85,7 +86,7 @@ unsafe impl Sync for SharedRows {}
 impl SharedRows {
     /// SAFETY: `start..start + len` lies inside the output and no other thread touches it.
     #[allow(clippy::mut_from_ref)]
-    unsafe fn rows(&self, start: usize, len: usize) -> &mut [f32] {
+    unsafe fn rows(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
@@ -109,7 +110,7 @@ impl FeedForwardOps for Flex {
         let (m, hidden) = (x.shape()[0], w1.shape()[1]);
         let (b1, b2) = (f32s(&b1), f32s(&b2));
         let mut h = Vec::<f32>::with_capacity(m * hidden);
-        let out = SharedRows(h.as_mut_ptr());
+        let out = SharedRows(h.spare_capacity_mut().as_mut_ptr());
         let activate = |r0: usize, pre: &mut [f32]| {
             // SAFETY: each block of rows is handed to one epilogue call, once.
             let h = unsafe { out.rows(r0 * hidden, pre.len()) };
@@ -117,7 +118,7 @@ impl FeedForwardOps for Flex {
                 for (pre, h) in pre.chunks_exact_mut(hidden).zip(h.chunks_exact_mut(hidden)) {
                     for ((p, h), &b) in pre.iter_mut().zip(h).zip(b1.iter()) {
                         *p += b;
-                        *h = gelu(*p);
+                        h.write(gelu(*p));
                     }
                 }
             })
