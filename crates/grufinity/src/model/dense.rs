@@ -20,7 +20,7 @@ use burn::tensor::{DType, Tensor, TensorData};
 use burn_autodiff::checkpoint::{base::Checkpointer, strategy::CheckpointStrategy};
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
-use burn_autodiff::Autodiff;
+use burn_autodiff::{Autodiff, NodeId};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -210,6 +210,23 @@ pub(crate) fn sum_rows(g: &FlexTensor) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(total, [n]))
 }
 
+/// Registers the gradients of the product `a b` for the parents that track them (`ids`), given
+/// `grad` = dL/d(a b): dL/da = g b^T, dL/db = a^T g (the transposes are views).
+fn register_product_grads<B: Backend + DenseOps>(
+    grads: &mut Gradients,
+    [id_a, id_b]: [Option<NodeId>; 2],
+    a: B::FloatTensorPrimitive,
+    b: B::FloatTensorPrimitive,
+    grad: B::FloatTensorPrimitive,
+) {
+    if let Some(id) = id_a {
+        grads.register::<B>(id, B::dense_matmul(grad.clone(), B::float_transpose(b)));
+    }
+    if let Some(id) = id_b {
+        grads.register::<B>(id, B::dense_matmul(B::float_transpose(a), grad));
+    }
+}
+
 impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
     fn dense_matmul(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
         #[derive(Debug)]
@@ -220,15 +237,8 @@ impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
 
             fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let (a, b) = ops.state;
-                let [node_a, node_b] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
-                // dL/da = g b^T, dL/db = a^T g (transposes are views).
-                if let Some(node) = node_a {
-                    grads.register::<B>(node.id, B::dense_matmul(grad.clone(), B::float_transpose(b)));
-                }
-                if let Some(node) = node_b {
-                    grads.register::<B>(node.id, B::dense_matmul(B::float_transpose(a), grad));
-                }
+                register_product_grads::<B>(grads, ops.parents.map(|p| p.map(|node| node.id)), a, b, grad);
             }
         }
 
@@ -250,18 +260,13 @@ impl<B: Backend + DenseOps, C: CheckpointStrategy> DenseOps for Autodiff<B, C> {
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
                 let (x, w) = ops.state;
-                let [node_x, node_w, node_bias] = ops.parents;
+                let [node_x, node_w, node_bias] = ops.parents.map(|p| p.map(|node| node.id));
                 let grad = grads.consume::<B>(&ops.node);
-                // dL/dx = g w^T, dL/dw = x^T g (transposes are views), dL/dbias = the rows of g summed.
-                if let Some(node) = node_bias {
-                    grads.register::<B>(node.id, B::dense_sum_rows(grad.clone()));
+                // dL/dbias = the rows of g summed; x and w as for a product.
+                if let Some(id) = node_bias {
+                    grads.register::<B>(id, B::dense_sum_rows(grad.clone()));
                 }
-                if let Some(node) = node_x {
-                    grads.register::<B>(node.id, B::dense_matmul(grad.clone(), B::float_transpose(w)));
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, B::dense_matmul(B::float_transpose(x), grad));
-                }
+                register_product_grads::<B>(grads, [node_x, node_w], x, w, grad);
             }
         }
 
