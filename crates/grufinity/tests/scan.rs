@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{cpu, max_abs_diff, tensor3, to_vec, Rng};
+use common::{cpu, max_abs_diff, tensor, to_vec, Rng};
 use grufinity::model::scan::{log_coeffs_and_values, scan_log, step_log, LOG_ZERO};
 use burn::tensor::Tensor;
 
@@ -32,9 +32,9 @@ fn reference(k_h: &[f64], k_z: &[f64], h0: &[f64], b: usize, t: usize, e: usize)
 
 fn run_scan(k_h: &[f64], k_z: &[f64], h0: &[f64], b: usize, t: usize, e: usize) -> (Vec<f32>, Vec<f32>) {
     let device = cpu();
-    let kh = tensor3(k_h, [b, t, e], &device);
-    let kz = tensor3(k_z, [b, t, e], &device);
-    let log_h0 = tensor3(h0, [b, 1, e], &device).log().clamp_min(LOG_ZERO);
+    let kh = tensor(k_h, [b, t, e], &device);
+    let kz = tensor(k_z, [b, t, e], &device);
+    let log_h0 = tensor(h0, [b, 1, e], &device).log().clamp_min(LOG_ZERO);
     let (lc, lv) = log_coeffs_and_values(kh, kz);
     let log_h = scan_log(lc, lv, log_h0);
     let last = log_h.clone().narrow(1, t - 1, 1);
@@ -77,8 +77,8 @@ fn step_matches_scan() {
     let (b, t, e) = (2, 40, 8);
     let mut rng = Rng(11);
     let device = cpu();
-    let kh = tensor3(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
-    let kz = tensor3(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
+    let kh = tensor(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
+    let kz = tensor(&rng.normals(b * t * e, 2.0), [b, t, e], &device);
     let (lc, lv) = log_coeffs_and_values(kh, kz);
     let log_h0 = Tensor::<3>::full([b, 1, e], LOG_ZERO, &device);
     let parallel = to_vec(scan_log(lc.clone(), lv.clone(), log_h0.clone()).exp());
@@ -122,18 +122,18 @@ fn fused_recurrence_matches_reference_and_scan_gradients() {
         let k_z = rng.normals(b * t * e, 2.0);
         let h0: Vec<f64> = (0..b * e).map(|_| rng.uniform()).collect();
         let device = cpu();
-        let hz = Tensor::cat(vec![tensor3(&k_h, [b, t, e], &device), tensor3(&k_z, [b, t, e], &device)], 2);
-        let got = fused::recurrence(hz, tensor3(&h0, [b, 1, e], &device));
+        let hz = Tensor::cat(vec![tensor(&k_h, [b, t, e], &device), tensor(&k_z, [b, t, e], &device)], 2);
+        let got = fused::recurrence(hz, tensor(&h0, [b, 1, e], &device));
         let want = reference(&k_h, &k_z, &h0, b, t, e);
         assert!(max_abs_diff(&to_vec(got), &want) <= 1e-4, "T={t}");
 
         // Same loss through both paths; compare gradients w.r.t. k_h, k_z and h0.
         let ad = cpu().autodiff();
-        let weights = tensor3(&rng.normals(b * t * e, 1.0), [b, t, e], &ad);
+        let weights = tensor(&rng.normals(b * t * e, 1.0), [b, t, e], &ad);
         let grads_of = |use_fused: bool| {
-            let kh = tensor3(&k_h, [b, t, e], &ad).require_grad();
-            let kz = tensor3(&k_z, [b, t, e], &ad).require_grad();
-            let h0t = tensor3(&h0, [b, 1, e], &ad).require_grad();
+            let kh = tensor(&k_h, [b, t, e], &ad).require_grad();
+            let kz = tensor(&k_z, [b, t, e], &ad).require_grad();
+            let h0t = tensor(&h0, [b, 1, e], &ad).require_grad();
             let h = if use_fused {
                 fused::recurrence(Tensor::cat(vec![kh.clone(), kz.clone()], 2), h0t.clone())
             } else {
@@ -158,7 +158,6 @@ fn fused_recurrence_matches_reference_and_scan_gradients() {
 #[test]
 fn fused_feed_forward_matches_burn() {
     use burn::tensor::activation::gelu;
-    use burn::tensor::TensorData;
     use grufinity::model::dense::{matmul, Bf16Products};
     use grufinity::model::fused_ff::gelu_feed_forward;
     let mut rng = Rng(77);
@@ -167,28 +166,24 @@ fn fused_feed_forward_matches_burn() {
     let (w1v, b1v, w2v, b2v) = (rng.normals(d * h, 0.3), rng.normals(h, 1.0), rng.normals(h * d, 0.3), rng.normals(d, 1.0));
     let gv = rng.normals(b * t * d, 1.0);
     let ad = cpu().autodiff();
-    let tensor2 = |v: &[f64], shape: [usize; 2]| {
-        Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &ad)
-    };
     let run = |fused: bool| {
-        let x = tensor3(&xv, [b, t, d], &ad).require_grad();
-        let (w1, w2) = (tensor2(&w1v, [d, h]).require_grad(), tensor2(&w2v, [h, d]).require_grad());
-        let (b1, b2) = (tensor2(&b1v, [1, h]).reshape([h]).require_grad(), tensor2(&b2v, [1, d]).reshape([d]).require_grad());
+        let x = tensor(&xv, [b, t, d], &ad).require_grad();
+        let (w1, w2) = (tensor(&w1v, [d, h], &ad).require_grad(), tensor(&w2v, [h, d], &ad).require_grad());
+        let (b1, b2) = (tensor(&b1v, [h], &ad).require_grad(), tensor(&b2v, [d], &ad).require_grad());
         let y = if fused {
             gelu_feed_forward(x.clone(), w1.clone(), b1.clone(), w2.clone(), b2.clone())
         } else {
             let hidden = gelu(matmul(x.clone().reshape([b * t, d]), w1.clone()) + b1.clone().unsqueeze::<2>());
             (matmul(hidden, w2.clone()) + b2.clone().unsqueeze::<2>()).reshape([b, t, d])
         };
-        let g = (y.clone() * tensor3(&gv, [b, t, d], &ad)).sum().backward();
-        let flat = |t: Tensor<1>| to_vec(t.unsqueeze::<2>());
+        let g = (y.clone() * tensor(&gv, [b, t, d], &ad)).sum().backward();
         [
             to_vec(y),
             to_vec(x.grad(&g).unwrap()),
             to_vec(w1.grad(&g).unwrap()),
-            flat(b1.grad(&g).unwrap()),
+            to_vec(b1.grad(&g).unwrap()),
             to_vec(w2.grad(&g).unwrap()),
-            flat(b2.grad(&g).unwrap()),
+            to_vec(b2.grad(&g).unwrap()),
         ]
     };
     let names = ["value", "dL/dx", "dL/dW1", "dL/db1", "dL/dW2", "dL/db2"];
@@ -223,10 +218,10 @@ fn fused_rms_norm_matches_burn() {
     let run = |fused: bool| {
         let mut norm = RmsNormConfig::new(40).init(&ad);
         norm.gamma = Param::from_tensor(Tensor::<1>::from_data(burn::tensor::TensorData::new(gains.clone(), [40]), &ad));
-        let x = tensor3(&values, [5, 14, 40], &ad).require_grad();
+        let x = tensor(&values, [5, 14, 40], &ad).require_grad();
         let y = if fused { rms_norm(&norm, x.clone()) } else { norm.forward(x.clone()) };
         // A loss that weights every output differently, so every gradient term matters.
-        let w = tensor3(&rng_weights(), [5, 14, 40], &ad);
+        let w = tensor(&rng_weights(), [5, 14, 40], &ad);
         let g = (y.clone() * w).sum().backward();
         (to_vec(y), to_vec(x.grad(&g).unwrap()), to_vec(norm.gamma.val().grad(&g).unwrap()))
     };
@@ -245,21 +240,17 @@ fn rng_weights() -> Vec<f64> {
 /// transposed operand (as the tied head uses) and sizes on both sides of the threading cut.
 #[test]
 fn dense_matmul_matches_burn() {
-    use burn::tensor::TensorData;
     use grufinity::model::dense::matmul;
     let mut rng = Rng(80);
     let ad = cpu().autodiff();
-    let tensor2 = |v: &[f64], shape: [usize; 2]| {
-        Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &ad)
-    };
     for (m, k, n, transposed) in [(5, 7, 3, false), (17, 33, 9, true), (300, 200, 250, false), (256, 192, 300, true)] {
         let (av, bv, wv) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(m * n, 1.0));
         let run = |ours: bool| {
-            let a = tensor2(&av, [m, k]).require_grad();
-            let b = tensor2(&bv, if transposed { [n, k] } else { [k, n] }).require_grad();
+            let a = tensor(&av, [m, k], &ad).require_grad();
+            let b = tensor(&bv, if transposed { [n, k] } else { [k, n] }, &ad).require_grad();
             let rhs = if transposed { b.clone().transpose() } else { b.clone() };
             let y = if ours { matmul(a.clone(), rhs) } else { a.clone().matmul(rhs) };
-            let g = (y.clone() * tensor2(&wv, [m, n])).sum().backward();
+            let g = (y.clone() * tensor(&wv, [m, n], &ad)).sum().backward();
             (to_vec(y), to_vec(a.grad(&g).unwrap()), to_vec(b.grad(&g).unwrap()))
         };
         let (ours, burn) = (run(true), run(false));
@@ -275,22 +266,18 @@ fn dense_matmul_matches_burn() {
 /// bias of those products against a bfloat16 product followed by Burn's add.
 #[test]
 fn affine_matches_burn() {
-    use burn::tensor::TensorData;
     use grufinity::model::dense::{affine, matmul, Bf16Products};
     let mut rng = Rng(79);
     let (m, k, n) = (150, 40, 37);
     let (xv, wv, bv, gv) = (rng.normals(m * k, 1.0), rng.normals(k * n, 1.0), rng.normals(n, 1.0), rng.normals(m * n, 1.0));
     let ad = cpu().autodiff();
-    let tensor = |v: &[f64], shape: Vec<usize>| {
-        Tensor::<2>::from_data(TensorData::new(v.iter().map(|&x| x as f32).collect::<Vec<_>>(), shape), &ad)
-    };
     let run = |fused: bool| {
-        let x = tensor(&xv, vec![m, k]).require_grad();
-        let w = tensor(&wv, vec![k, n]).require_grad();
-        let b = tensor(&bv, vec![1, n]).reshape([n]).require_grad();
+        let x = tensor(&xv, [m, k], &ad).require_grad();
+        let w = tensor(&wv, [k, n], &ad).require_grad();
+        let b = tensor(&bv, [n], &ad).require_grad();
         let y = if fused { affine(x.clone(), w.clone(), b.clone()) } else { matmul(x.clone(), w.clone()) + b.clone().unsqueeze::<2>() };
-        let g = (y.clone() * tensor(&gv, vec![m, n])).sum().backward();
-        [to_vec(y), to_vec(x.grad(&g).unwrap()), to_vec(w.grad(&g).unwrap()), to_vec(b.grad(&g).unwrap().reshape([1, n]))]
+        let g = (y.clone() * tensor(&gv, [m, n], &ad)).sum().backward();
+        [to_vec(y), to_vec(x.grad(&g).unwrap()), to_vec(w.grad(&g).unwrap()), to_vec(b.grad(&g).unwrap())]
     };
     let names = ["value", "dL/dx", "dL/dw", "dL/dbias"];
     let (ours, burn) = (run(true), run(false));

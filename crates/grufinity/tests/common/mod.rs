@@ -34,7 +34,7 @@ impl Rng {
     }
 }
 
-pub fn tensor3(values: &[f64], shape: [usize; 3], device: &Device) -> Tensor<3> {
+pub fn tensor<const D: usize>(values: &[f64], shape: [usize; D], device: &Device) -> Tensor<D> {
     let v: Vec<f32> = values.iter().map(|&x| x as f32).collect();
     Tensor::from_data(TensorData::new(v, shape), device)
 }
